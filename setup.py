@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="trqam_jax",
+    version="0.1.0",
+    description="Trust Region Q-Adjoint Matching (TRQAM) in JAX/Flax",
+    packages=find_packages(include=["trqam_jax", "trqam_jax.*", "experiments", "experiments.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "chex>=0.1.86",
+        "ogbench>=1.1",
+        "ml_collections>=0.1.1",
+        "orbax-checkpoint>=0.6",
+        "absl-py>=2.0",
+        "gymnasium>=1.0",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "tensorboardX>=2.6",
+    ],
+)
