@@ -1,0 +1,317 @@
+"""The TRQAM training state and its one update step (SPEC section 8).
+
+One implementation, three modes chosen by `AgentConfig.method` (a static value):
+  "bc"    BC flow-matching pretraining: only L_BC.
+  "trqam" L_Q + L_BC + L_AM with an adaptive lambda (projected dual update on the path KL).
+  "qam"   the same losses with lambda fixed: an inverse temperature on the adjoint, no dual update.
+
+`update(state, batch)` is pure. `make_train_fn` scans n updates per call, draws the batches inside
+jit with a sampling function, and vmaps the whole thing over a leading seed axis of the state.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from trqam_jax import adjoint as adj
+from trqam_jax import losses
+from trqam_jax.dual import DualState, dual_init, dual_update
+from trqam_jax.flow import euler_sample, flow_times, memoryless_rollout
+from trqam_jax.networks import CriticEnsemble, VelocityField
+from trqam_jax.types import Batch
+
+METHODS = ("bc", "trqam", "qam")
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Static hyperparameters of the update. Defaults are the reference values of SPEC 1-8."""
+
+    method: str = "trqam"  # "bc", "trqam" or "qam".
+    hidden_dims: Sequence[int] = (512, 512, 512, 512)  # actor and critic MLP widths.
+    actor_layer_norm: bool = False  # LayerNorm after each actor activation (on for 10M/100M data).
+    critic_layer_norm: bool = True  # LayerNorm after each critic activation.
+    num_critics: int = 10  # size of the critic ensemble.
+    flow_steps: int = 10  # K, Euler / SDE steps of the flow.
+    discount: float = 0.995  # gamma per env step; the bootstrap uses gamma^H.
+    rho: float = 0.5  # pessimism: target uses mean - rho * std over the ensemble.
+    tau: float = 0.005  # EMA rate of the target critic and of actor_ref.
+    learning_rate: float = 3e-4  # one Adam over critic, actor_bc and actor.
+    grad_clip_norm: float = 1.0  # global-norm clip over the whole gradient tree.
+    batch_size: int = 256  # B, used by the scanned sampler.
+    lam_scale: float = 3.0  # lambda_eff = lam_scale * lam.
+    lam_init: float = 1.0  # initial dual variable lam.
+    kl_budget: float = 1.0  # eps, the trust-region budget on the per-env-step path KL.
+    dual_lr: float = 0.01  # step of the linear-space dual update.
+    kl_ema_decay: float = 0.9  # EMA decay of the clipped KL estimate.
+    kl_clip_factor: float = 2.0  # the estimate is clipped at kl_clip_factor * eps.
+    lam_min: float = 0.01  # projection interval of lam.
+    lam_max: float = 100.0
+    inv_temp: float = 1.0  # QAM only: inverse temperature multiplying the terminal adjoint.
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}: use one of {METHODS}.")
+        if self.flow_steps < 1:
+            raise ValueError(f"flow_steps must be >= 1, got {self.flow_steps}.")
+
+
+class Networks(NamedTuple):
+    """Flax modules: actor.apply(params, s, x, t) -> (D,); critic.apply(params, s, a) -> (N,)."""
+
+    actor: Any
+    critic: Any
+
+
+def make_networks(config: AgentConfig, chunk_dim: int) -> Networks:
+    return Networks(
+        actor=VelocityField(tuple(config.hidden_dims), chunk_dim, config.actor_layer_norm),
+        critic=CriticEnsemble(tuple(config.hidden_dims), config.num_critics, config.critic_layer_norm),
+    )
+
+
+class Trainable(NamedTuple):
+    """The three parameter sets that the single Adam trains."""
+
+    critic: Any
+    actor_bc: Any
+    actor: Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    critic: Any  # Q_j parameters.
+    critic_target: Any  # EMA of critic: Qbar in the TD target and the adjoint.
+    actor_bc: Any  # velocity trained by BC throughout.
+    actor_ref: Any  # EMA of actor_bc: the reference pi_0 of the trust region.
+    actor: Any  # fine-tuned velocity v_theta: acts, and gives the critic's next actions.
+    opt_state: Any  # optax state of clip + Adam over Trainable(critic, actor_bc, actor).
+    dual: DualState  # lam and the KL EMA.
+    step: jax.Array  # number of updates done.
+    key: jax.Array  # PRNG key of this seed.
+
+
+def make_optimizer(config: AgentConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optax.adam(config.learning_rate))
+
+
+def init_train_state(
+    key: jax.Array,
+    config: AgentConfig,
+    networks: Networks,
+    obs_dim: int,
+    chunk_dim: int,
+    pretrained_actor: Optional[Any] = None,
+) -> TrainState:
+    """A fresh state for one seed. pretrained_actor (BC params) initialises actor_bc, actor_ref, actor."""
+    actor_key, critic_key, key = jax.random.split(key, 3)
+    obs, x = jnp.zeros((obs_dim,)), jnp.zeros((chunk_dim,))
+    actor = networks.actor.init(actor_key, obs, x, 0.0) if pretrained_actor is None else pretrained_actor
+    critic = networks.critic.init(critic_key, obs, x)
+    opt_state = make_optimizer(config).init(Trainable(critic, actor, actor))
+    return TrainState(
+        critic=critic,
+        critic_target=critic,
+        actor_bc=actor,
+        actor_ref=actor,
+        actor=actor,
+        opt_state=opt_state,
+        dual=dual_init(config.lam_init),
+        step=jnp.zeros((), jnp.int32),
+        key=key,
+    )
+
+
+def init_seeds(seeds, config: AgentConfig, networks: Networks, obs_dim: int, chunk_dim: int,
+               pretrained_actor: Optional[Any] = None) -> TrainState:
+    """States for S seeds, stacked on a leading axis.
+
+    pretrained_actor, if given, is seed-stacked (leading axis S): seed i starts from BC run i.
+    """
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
+    init = functools.partial(init_train_state, config=config, networks=networks, obs_dim=obs_dim,
+                             chunk_dim=chunk_dim)
+    if pretrained_actor is None:
+        states = jax.vmap(init)(keys)
+    else:
+        states = jax.vmap(lambda k, p: init(k, pretrained_actor=p))(keys, pretrained_actor)
+    # critic/critic_target and the three actors start equal; give each leaf its own buffer so the
+    # donated state never hands XLA the same buffer twice.
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), states)
+
+
+def lambda_eff(config: AgentConfig, dual: DualState) -> jax.Array:
+    """The effective multiplier: lam_scale * lam for TRQAM, 1 / inv_temp for QAM."""
+    if config.method == "qam":
+        return jnp.asarray(1.0 / config.inv_temp, jnp.float32)
+    return config.lam_scale * dual.lam
+
+
+def _bound(apply_fn, params, obs):
+    """v(x, t) for one observation: the form the flow functions take."""
+    return lambda x, t: apply_fn(params, obs, x, t)
+
+
+def make_losses(config: AgentConfig, networks: Networks):
+    """Loss factories. Each differentiates only its first argument; the others are held fixed."""
+    num_steps = config.flow_steps
+    actor_apply, critic_apply = networks.actor.apply, networks.critic.apply
+
+    def bc_loss(actor_bc, batch: Batch, key):
+        chunks = batch.actions.reshape(batch.actions.shape[0], -1)
+        noise_key, time_key = jax.random.split(key)
+        noise = jax.random.normal(noise_key, chunks.shape)
+        t = jax.random.uniform(time_key, chunks.shape[:1])
+        pred = actor_apply(actor_bc, batch.observations, losses.interpolate(noise, chunks, t), t)
+        loss = losses.bc_flow_loss(pred, noise, chunks, batch.valid)
+        return loss, {"bc_loss": loss}
+
+    def sample_actions(actor, observations, key, chunk_dim):
+        """Clipped ODE samples of v_theta, one per observation (SPEC 2)."""
+        noise = jax.random.normal(key, observations.shape[:1] + (chunk_dim,))
+        return jax.vmap(lambda s, x0: euler_sample(_bound(actor_apply, actor, s), x0, num_steps))(
+            observations, noise)
+
+    def q_loss(critic, critic_target, actor, batch: Batch, key):
+        batch_size, horizon = batch.actions.shape[:2]
+        chunks = batch.actions.reshape(batch_size, -1)
+        next_actions = sample_actions(actor, batch.next_observations, key, chunks.shape[-1])
+        next_q = critic_apply(critic_target, batch.next_observations, next_actions)
+        target = losses.critic_target(next_q, batch.rewards, batch.masks, config.discount, horizon,
+                                      config.rho)
+        q = critic_apply(critic, batch.observations, chunks)
+        loss = losses.critic_loss(q, jax.lax.stop_gradient(target), batch.valid)
+        return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": target.mean()}
+
+    def adjoint_matching(actor, actor_ref, critic_target, observations, key, scales, horizon, chunk_dim):
+        """L_AM averaged over the batch, plus KL_hat and the closed-form constant C (SPEC 3-5)."""
+        actor_fixed = jax.lax.stop_gradient(actor)
+        times = flow_times(num_steps)
+
+        def per_example(obs, noise, step_noises):
+            v_ref = _bound(actor_apply, actor_ref, obs)
+            states, action = memoryless_rollout(_bound(actor_apply, actor_fixed, obs), v_ref, noise,
+                                                step_noises, num_steps)
+            q_fn = lambda x: jnp.mean(critic_apply(critic_target, obs, jnp.clip(x, -1.0, 1.0)))
+            adjoints = adj.lean_adjoint(v_ref, states, adj.terminal_adjoint(q_fn, action), num_steps)
+            states, adjoints = jax.lax.stop_gradient((states, adjoints))
+            diff = jax.vmap(lambda x, t: actor_apply(actor, obs, x, t) - v_ref(x, t))(states, times)
+            loss = adj.adjoint_matching_loss(diff, adjoints, num_steps, scales)
+            kl = adj.path_kl_estimate(jax.lax.stop_gradient(diff), num_steps, horizon)
+            return loss, kl, adj.kl_constant(adjoints, num_steps)
+
+        noise_key, steps_key = jax.random.split(key)
+        batch_size = observations.shape[0]
+        noise = jax.random.normal(noise_key, (batch_size, chunk_dim))
+        step_noises = jax.random.normal(steps_key, (batch_size, num_steps - 1, chunk_dim))
+        loss, kl, const = jax.vmap(per_example)(observations, noise, step_noises)
+        return loss.mean(), {"actor_loss": loss.mean(), "kl_hat": kl.mean(), "kl_const": const.mean()}
+
+    return bc_loss, q_loss, adjoint_matching, sample_actions
+
+
+def make_update_fn(config: AgentConfig, networks: Networks) -> Callable[[TrainState, Batch], Any]:
+    """update(state, batch) -> (state, metrics): one gradient step of SPEC section 8."""
+    optimizer = make_optimizer(config)
+    bc_loss, q_loss, adjoint_matching, _ = make_losses(config, networks)
+
+    def update(state: TrainState, batch: Batch):
+        key, bc_key, critic_key, actor_key = jax.random.split(state.key, 4)
+        horizon, chunk_dim = batch.actions.shape[1], batch.actions.shape[1] * batch.actions.shape[2]
+        lam_eff = lambda_eff(config, state.dual)  # the loss uses lam from before the dual update
+        scales = adj.qam_scales(config.inv_temp) if config.method == "qam" else adj.trqam_scales(lam_eff)
+
+        def total_loss(params: Trainable):
+            loss, metrics = bc_loss(params.actor_bc, batch, bc_key)
+            if config.method != "bc":
+                l_q, m_q = q_loss(params.critic, state.critic_target, state.actor, batch, critic_key)
+                l_am, m_am = adjoint_matching(params.actor, state.actor_ref, state.critic_target,
+                                              batch.observations, actor_key, scales, horizon, chunk_dim)
+                loss = loss + l_q + l_am
+                metrics = {**metrics, **m_q, **m_am}
+            return loss, metrics
+
+        params = Trainable(state.critic, state.actor_bc, state.actor)
+        grads, metrics = jax.grad(total_loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+
+        dual = state.dual
+        if config.method != "bc":
+            metrics["lambda_eff"] = lam_eff
+            metrics["kl_closed_form"] = adj.closed_form_kl(metrics["kl_const"], lam_eff)
+        if config.method == "trqam":
+            dual, info = dual_update(dual, metrics["kl_hat"], config.kl_budget, config.dual_lr,
+                                     config.kl_ema_decay, config.kl_clip_factor, config.lam_min,
+                                     config.lam_max)
+            metrics.update(kl_ema=dual.kl_ema, kl_clip_active=info.clip_active)
+
+        new_state = state.replace(
+            critic=params.critic,
+            critic_target=optax.incremental_update(params.critic, state.critic_target, config.tau),
+            actor_bc=params.actor_bc,
+            actor_ref=optax.incremental_update(params.actor_bc, state.actor_ref, config.tau),
+            actor=params.actor,
+            opt_state=opt_state,
+            dual=dual,
+            step=state.step + 1,
+            key=key,
+        )
+        return new_state, metrics
+
+    return update
+
+
+SampleFn = Callable[[Any, jax.Array], Batch]
+
+
+def make_train_fn(config: AgentConfig, networks: Networks, sample_fn: SampleFn, num_steps: int,
+                  data_in_axes: Any = None, donate: bool = True):
+    """jit(vmap(scan of num_steps updates)) over a leading seed axis of the state.
+
+    sample_fn(data, key) -> Batch draws a batch inside jit. `data` is shared by all seeds by default
+    (vmap axis None, so it is not copied); pass data_in_axes (a pytree prefix) for per-seed parts.
+    Returns train(states, data) -> (states, metrics), metrics of shape (S, num_steps). The states
+    argument is donated: do not reuse it after the call.
+    """
+    update = make_update_fn(config, networks)
+
+    def train_one_seed(state: TrainState, data):
+        def body(state, _):
+            key, sample_key = jax.random.split(state.key)
+            return update(state.replace(key=key), sample_fn(data, sample_key))
+
+        return jax.lax.scan(body, state, None, length=num_steps)
+
+    vmapped = jax.vmap(train_one_seed, in_axes=(0, data_in_axes))
+    return jax.jit(vmapped, donate_argnums=(0,) if donate else ())
+
+
+def make_act_fn(config: AgentConfig, networks: Networks):
+    """act(actor_params, observations (B, O), key) -> clipped chunks (B, D) from the ODE policy (SPEC 2).
+
+    Vmap it over a seed axis for seed-stacked params.
+    """
+    _, _, _, sample_actions = make_losses(config, networks)
+
+    def act(actor_params, observations, key):
+        chunk_dim = networks.actor.chunk_dim
+        return sample_actions(actor_params, observations, key, chunk_dim)
+
+    return act
+
+
+def uniform_sampler(batch_size: int) -> SampleFn:
+    """sample(data, key): B rows drawn uniformly from a Batch of precomputed chunks (leading axis N)."""
+
+    def sample(data: Batch, key) -> Batch:
+        idx = jax.random.randint(key, (batch_size,), 0, data.observations.shape[0])
+        return jax.tree_util.tree_map(lambda x: x[idx], data)
+
+    return sample
