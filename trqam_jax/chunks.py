@@ -199,9 +199,7 @@ def append(buffer: OnlineBuffer, block: Transitions, count=None) -> OnlineBuffer
     """
     capacity = buffer.rewards.shape[0]
     t = block.rewards.shape[0]
-    chex.assert_rank(
-        list(block), [2, 2, 1, 1, 1, 2]
-    )
+    chex.assert_rank(list(block), [2, 2, 1, 1, 1, 2])
     chex.assert_equal_shape_prefix(list(block), 1)
     chex.assert_equal_shape_suffix([buffer.observations, block.observations], 1)
     chex.assert_equal_shape_suffix([buffer.actions, block.actions], 1)

@@ -1,0 +1,498 @@
+"""Loading OGBench single-task data (SPEC sections 9 and 10): files, checks, shards, device arrays.
+
+The IO side of `trqam_jax.chunks`. Main entry points:
+
+* `parse_env_name(env_name)`: env id -> domain, dataset name, ogbench env (validated).
+* `find_dataset_files(env_name, dataset_dir)`: the files the protocol needs; raises
+  `DatasetMissingError` (fast, before anything from ogbench runs) when they are absent.
+* `load_dataset(env_name, dataset_dir, sparse)`: env + train/val numpy dicts, like
+  `ogbench.make_env_and_datasets`, but never downloads, and with SPEC 9's post-processing (action
+  clipping, optional sparse rewards). Sharded (10M/100M) datasets are concatenated.
+* `ShardWindow`: the offline data for the training loop: the whole dataset on device when it fits,
+  otherwise a window of shards rotated every `rotate_every` steps.
+* `dataset_nbytes(env_name, dataset_dir)`: device bytes the dataset needs (from the npz headers).
+* `to_device(dataset)`: numpy dict -> `trqam_jax.chunks.ChunkData`.
+
+Errors derive from `DataError`; the launcher should print `str(err)` and exit (no traceback).
+
+Large datasets (10M/100M) and where they live (the TRQAM and horizon-reduction releases):
+  <dataset_dir>/antmaze-giant-navigate-10m-v0/antmaze-giant-navigate-v0-000.npz .. -009.npz
+  <dataset_dir>/cube-triple-play-10m-v0/cube-triple-play-v0-000.npz .. -009.npz
+  <dataset_dir>/puzzle-4x4-play-10m-v0/puzzle-4x4-play-v0-000.npz .. -009.npz
+  <dataset_dir>/cube-quadruple-play-100m-v0/cube-quadruple-play-v0-000.npz .. -099.npz
+Each shard holds 1000 episodes (1M transitions) in the raw OGBench npz format. The 10M cube-triple
+and puzzle-4x4 sets are shards 000-009 of the official `<domain>-100m-v0` release, so a
+`<domain>-100m-v0/` directory is accepted as a fallback (its first 10 shards). Shards are taken in
+sorted file-name order, `*-val.npz` excluded (as in the reference loader).
+"""
+
+import glob
+import os
+import re
+import zipfile
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from trqam_jax import chunks
+
+DEFAULT_DATASET_DIR = '~/.ogbench/data'
+ACTION_CLIP_EPS = 1e-5
+KEYS = ('observations', 'actions', 'rewards', 'masks', 'terminals', 'next_observations')
+
+
+class DataError(Exception):
+    """Base of the data errors; their message is meant to be shown alone, without a traceback."""
+
+
+class DatasetMissingError(DataError, FileNotFoundError):
+    """The dataset files are not on disk (nothing was downloaded)."""
+
+
+class UnknownEnvError(DataError, ValueError):
+    """The env id does not name a supported OGBench single-task env."""
+
+
+# --------------------------------------------------------------------------------------------
+# Domains (SPEC 10, plus cube-single-play for quick tests).
+# --------------------------------------------------------------------------------------------
+
+
+class DomainSpec(NamedTuple):
+    name: str  # e.g. 'cube-double-play'
+    navigation: bool  # antmaze / humanoidmaze (data needs expert policies, not regenerable offline)
+    size_m: int  # protocol dataset size, millions of transitions
+    shard_dirs: Tuple[str, ...]  # sharded layout: candidate dirs under dataset_dir, preferred first
+    num_shards: int  # 0 = the single standard file <domain>-v0.npz (+ -val.npz)
+
+
+def _d(name, navigation, size_m=1, shard_dirs=(), num_shards=0):
+    return DomainSpec(name, navigation, size_m, tuple(shard_dirs), num_shards)
+
+
+DOMAINS: Dict[str, DomainSpec] = {
+    d.name: d
+    for d in [
+        _d('antmaze-large-navigate', True),
+        _d('antmaze-giant-navigate', True, 10, ['antmaze-giant-navigate-10m-v0'], 10),
+        _d('humanoidmaze-medium-navigate', True),
+        _d('humanoidmaze-large-navigate', True),
+        _d('scene-play', False),
+        _d('puzzle-3x3-play', False),
+        _d('puzzle-4x4-play', False, 10, ['puzzle-4x4-play-10m-v0', 'puzzle-4x4-play-100m-v0'], 10),
+        _d('cube-double-play', False),
+        _d('cube-triple-play', False, 10, ['cube-triple-play-10m-v0', 'cube-triple-play-100m-v0'], 10),
+        _d('cube-quadruple-play', False, 100, ['cube-quadruple-play-100m-v0'], 100),
+        _d('cube-single-play', False),
+    ]
+}
+
+_ENV_RE = re.compile(r'^(?P<domain>[a-z0-9]+(?:-[a-z0-9]+)*?)-singletask(?:-task(?P<task>\d+))?-(?P<version>v\d+)$')
+
+
+class EnvInfo(NamedTuple):
+    env_name: str  # 'cube-double-play-singletask-task2-v0'
+    domain: str  # 'cube-double-play'
+    dataset: str  # 'cube-double-play-v0' (the standard 1M file's name)
+    ogbench_env: str  # 'cube-double-singletask-task2-v0' (the gymnasium id; used for relabeling)
+    task: Optional[int]  # 2; None for the default-task alias '<domain>-singletask-v0'
+    version: str  # 'v0'
+    spec: DomainSpec
+
+
+def valid_domains_message() -> str:
+    return 'valid domains: ' + ', '.join(DOMAINS)
+
+
+def parse_env_name(env_name: str) -> EnvInfo:
+    """`cube-double-play-singletask-task2-v0` -> domain `cube-double-play`, dataset
+    `cube-double-play-v0`, ogbench env `cube-double-singletask-task2-v0`. Raises UnknownEnvError."""
+    m = _ENV_RE.match(env_name or '')
+    if m is None:
+        raise UnknownEnvError(
+            f'unknown env {env_name!r}: expected <domain>-singletask-task<1-5>-v0; {valid_domains_message()}'
+        )
+    domain, task, version = m.group('domain'), m.group('task'), m.group('version')
+    if domain not in DOMAINS:
+        raise UnknownEnvError(f'unknown domain {domain!r} in env {env_name!r}; {valid_domains_message()}')
+    if task is not None and not 1 <= int(task) <= 5:
+        raise UnknownEnvError(f'unknown task in env {env_name!r}: tasks are task1..task5')
+    words = domain.split('-')
+    ogbench_env = '-'.join(words[:-1] + ['singletask'] + ([f'task{task}'] if task else []) + [version])
+    return EnvInfo(
+        env_name=env_name,
+        domain=domain,
+        dataset=f'{domain}-{version}',
+        ogbench_env=ogbench_env,
+        task=None if task is None else int(task),
+        version=version,
+        spec=DOMAINS[domain],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Files.
+# --------------------------------------------------------------------------------------------
+
+
+class DatasetFiles(NamedTuple):
+    train: Tuple[str, ...]  # the standard file, or the shards in order
+    val: Optional[str]  # may be None for sharded datasets
+    sharded: bool
+    directory: str
+
+
+def _generation_hint(info: EnvInfo, dataset_dir: str, dataset_name: str) -> str:
+    if info.spec.navigation:
+        extra = ''
+        if info.domain == 'antmaze-giant-navigate' and dataset_name != info.dataset:
+            extra = (
+                f' The 10M set is the TRQAM authors\' release (Hugging Face dataset '
+                f'yonghoon96/antmaze-giant-navigate-10m-v0): copy its *.npz into {dataset_dir}/{dataset_name}/.'
+            )
+        return (
+            'Navigation datasets (antmaze, humanoidmaze) cannot be generated here: they need OGBench\'s '
+            'expert policies, which are not available offline. Download them with OGBench on a machine '
+            f'with internet (python -c "import ogbench; ogbench.download_datasets([\'{info.dataset}\'], '
+            f'dataset_dir=\'{dataset_dir}\')") and copy the files to {dataset_dir}.' + extra
+        )
+    hint = (
+        'Generate it offline with:\n'
+        f'  python -m experiments.make_dataset --dataset={dataset_name} --dataset_dir={dataset_dir}'
+    )
+    if info.spec.num_shards and dataset_name != info.dataset and info.spec.size_m == 10:
+        hint += f'\n(or copy shards 000-009 of the official {info.domain}-100m-v0 release there)'
+    return hint
+
+
+def _shard_paths(directory: str) -> List[str]:
+    return [p for p in sorted(glob.glob(os.path.join(directory, '*.npz'))) if not p.endswith('-val.npz')]
+
+
+def find_dataset_files(
+    env_name: str,
+    dataset_dir: str = DEFAULT_DATASET_DIR,
+    standard: bool = False,
+) -> DatasetFiles:
+    """The files the protocol's dataset needs (SPEC 10), checked on disk. Fast; never downloads.
+
+    standard: use the standard 1M file `<domain>-v0.npz` even where the protocol uses 10M/100M
+      (a deviation from SPEC 10, e.g. for quick tests).
+    Raises UnknownEnvError or DatasetMissingError (naming the missing files and how to get them).
+    """
+    info = parse_env_name(env_name)
+    dataset_dir = os.path.abspath(os.path.expanduser(dataset_dir))
+    spec = info.spec
+    if spec.num_shards == 0 or standard:
+        train = os.path.join(dataset_dir, f'{info.dataset}.npz')
+        val = os.path.join(dataset_dir, f'{info.dataset}-val.npz')
+        missing = [p for p in (train, val) if not os.path.isfile(p)]
+        if missing:
+            raise DatasetMissingError(
+                f'dataset {info.dataset} for {env_name} not found: missing {", ".join(missing)}.\n'
+                + _generation_hint(info, dataset_dir, info.dataset)
+            )
+        return DatasetFiles((train,), val, False, dataset_dir)
+
+    found = []
+    for sub in spec.shard_dirs:
+        directory = os.path.join(dataset_dir, sub)
+        shards = _shard_paths(directory)
+        found.append((directory, len(shards)))
+        if len(shards) >= spec.num_shards:
+            shards = shards[: spec.num_shards]
+            val = None
+            for cand in (shards[0][: -len('.npz')] + '-val.npz', os.path.join(dataset_dir, f'{info.dataset}-val.npz')):
+                if os.path.isfile(cand):
+                    val = cand
+                    break
+            return DatasetFiles(tuple(shards), val, True, directory)
+    main_dir = os.path.join(dataset_dir, spec.shard_dirs[0])
+    last = spec.num_shards - 1
+    looked = '; '.join(f'{d}: {n} found' for d, n in found)
+    raise DatasetMissingError(
+        f'dataset {spec.shard_dirs[0]} ({spec.size_m}M) for {env_name} not found: need {spec.num_shards} '
+        f'shards {info.dataset}-000.npz .. {info.dataset}-{last:03d}.npz in {main_dir} ({looked}).\n'
+        + _generation_hint(info, dataset_dir, spec.shard_dirs[0])
+    )
+
+
+def _npz_shape(path: str, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
+    """Shape and dtype of one array of an .npz, read from its header only (no data is loaded)."""
+    with zipfile.ZipFile(path) as zf, zf.open(key + '.npy') as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return shape, dtype
+
+
+def file_rows_and_dims(path: str) -> Tuple[int, int, int]:
+    """(raw rows, obs dim, action dim) of a raw OGBench npz, from its headers. The transitions are
+    the raw rows minus one per trajectory (the final observation has no action)."""
+    (rows, obs_dim), _ = _npz_shape(path, 'observations')
+    (_, act_dim), _ = _npz_shape(path, 'actions')
+    return int(rows), int(obs_dim), int(act_dim)
+
+
+def dataset_nbytes(
+    env_name: str, dataset_dir: str = DEFAULT_DATASET_DIR, standard: bool = False, per_shard: bool = False
+) -> int:
+    """Device bytes the training dataset needs as `ChunkData` (float32 arrays, next_observations
+    included), from the npz headers only (an upper bound: raw rows counted as transitions).
+    per_shard: the bytes of the largest single file instead of the total."""
+    files = find_dataset_files(env_name, dataset_dir, standard)
+    sizes = [chunks.chunk_data_nbytes(*file_rows_and_dims(p)) for p in files.train]
+    return max(sizes) if per_shard else sum(sizes)
+
+
+def device_memory_bytes(device=None) -> Optional[int]:
+    """Free memory of the accelerator (bytes_limit - bytes_in_use), or None where JAX does not say
+    (e.g. CPU)."""
+    import jax
+
+    device = device or jax.devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory stats
+        return None
+    if not stats or 'bytes_limit' not in stats:
+        return None
+    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading.
+# --------------------------------------------------------------------------------------------
+
+
+def sparsify_rewards(rewards):
+    """SPEC 9 sparse option (scene, puzzles): r <- -1 if r != 0 else 0. Apply it to online rewards too."""
+    rewards = np.asarray(rewards)
+    return np.where(rewards != 0, -1.0, 0.0).astype(np.float32)
+
+
+def postprocess(dataset: Dict[str, np.ndarray], sparse: bool = False, action_clip_eps: float = ACTION_CLIP_EPS):
+    """SPEC 9 post-processing of an ogbench dataset dict (already relabeled): keeps the six
+    transition keys as float32, clips actions to [-1 + eps, 1 - eps], and sparsifies rewards."""
+    missing = [k for k in KEYS if k not in dataset]
+    if missing:
+        raise DataError(f'dataset lacks keys {missing} (has {sorted(dataset)})')
+    out = {k: np.asarray(dataset[k], dtype=np.float32) for k in KEYS}
+    if action_clip_eps is not None:
+        out['actions'] = np.clip(out['actions'], -1 + action_clip_eps, 1 - action_clip_eps).astype(np.float32)
+    if sparse:
+        out['rewards'] = sparsify_rewards(out['rewards'])
+    return out
+
+
+def make_env(env_name: str, **env_kwargs):
+    """The single-task env (through ogbench, so no dataset is touched)."""
+    import ogbench
+
+    parse_env_name(env_name)
+    return ogbench.make_env_and_datasets(env_name, env_only=True, **env_kwargs)
+
+
+def load_shard(path: str, env_name: str, env, sparse: bool = False, action_clip_eps: float = ACTION_CLIP_EPS):
+    """One raw OGBench npz (e.g. a shard) -> post-processed numpy dict. Same processing as
+    `ogbench.make_env_and_datasets` (next_observations, task relabeling with `env`), then SPEC 9."""
+    import ogbench
+    from ogbench.relabel_utils import relabel_dataset
+
+    info = parse_env_name(env_name)
+    ds = ogbench.load_dataset(path, compact_dataset=False, add_info=True)
+    relabel_dataset(info.ogbench_env, env, ds)
+    return postprocess(ds, sparse, action_clip_eps)
+
+
+def load_shards(
+    paths: Sequence[str],
+    env_name: str,
+    env,
+    sparse: bool = False,
+    action_clip_eps: float = ACTION_CLIP_EPS,
+    load_fn: Optional[Callable] = None,
+):
+    """Loads and concatenates shards into arrays preallocated from the npz headers (peak host
+    memory: the result plus one shard). Each shard's last row is a trajectory end."""
+    load_fn = load_fn or load_shard
+    dims = [file_rows_and_dims(p) for p in paths]
+    total = sum(r for r, _, _ in dims)
+    obs_dim, act_dim = dims[0][1], dims[0][2]
+    shapes = dict(
+        observations=(obs_dim,), actions=(act_dim,), rewards=(), masks=(), terminals=(), next_observations=(obs_dim,)
+    )
+    out = {k: np.empty((total,) + s, np.float32) for k, s in shapes.items()}
+    n = 0
+    for p in paths:
+        ds = load_fn(p, env_name, env, sparse, action_clip_eps)
+        m = ds['rewards'].shape[0]
+        for k in KEYS:
+            out[k][n : n + m] = ds[k]
+        out['terminals'][n + m - 1] = 1.0
+        n += m
+    return {k: v[:n] for k, v in out.items()}
+
+
+def load_dataset(
+    env_name: str,
+    dataset_dir: str = DEFAULT_DATASET_DIR,
+    sparse: bool = False,
+    action_clip_eps: float = ACTION_CLIP_EPS,
+    *,
+    env_only: bool = False,
+    dataset_only: bool = False,
+    cur_env=None,
+    standard: bool = False,
+    shards: Optional[Sequence[int]] = None,
+):
+    """OGBench single-task data with SPEC 9's post-processing, never downloading.
+
+    Returns (env, train, val), or (train, val) with dataset_only, or env with env_only (the same
+    switches as `ogbench.make_env_and_datasets`). train/val are numpy dicts with keys
+    observations, actions, rewards, masks, terminals, next_observations (float32); val may be None
+    for sharded datasets without a val file. Missing files raise DatasetMissingError before any
+    ogbench call. cur_env: an already made env of this task to relabel with (else one is made).
+    Sharded datasets (10M/100M) are concatenated (all shards, or the indices in `shards`); for the
+    training loop prefer `ShardWindow`, which holds only what fits on the device.
+    """
+    info = parse_env_name(env_name)
+    if env_only:
+        return make_env(env_name)
+    files = find_dataset_files(env_name, dataset_dir, standard)  # raises before ogbench is touched
+    env = cur_env if cur_env is not None else make_env(env_name)
+    if not files.sharded:
+        import ogbench
+
+        train, val = ogbench.make_env_and_datasets(
+            env_name, dataset_dir=files.directory, dataset_only=True, cur_env=env
+        )
+        train, val = postprocess(train, sparse, action_clip_eps), postprocess(val, sparse, action_clip_eps)
+    else:
+        paths = files.train if shards is None else [files.train[i] for i in shards]
+        train = load_shards(paths, info.env_name, env, sparse, action_clip_eps)
+        val = None if files.val is None else load_shard(files.val, info.env_name, env, sparse, action_clip_eps)
+    return (train, val) if dataset_only else (env, train, val)
+
+
+def to_device(dataset: Dict[str, np.ndarray], capacity: Optional[int] = None, device=None) -> chunks.ChunkData:
+    """A loaded numpy dict -> `trqam_jax.chunks.ChunkData` on the device (padded to `capacity`)."""
+    return chunks.make_chunk_data(**{k: dataset[k] for k in KEYS}, capacity=capacity, device=device)
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop's offline data: everything on device, or a rotating window of shards.
+# --------------------------------------------------------------------------------------------
+
+
+class ShardWindow:
+    """Offline `ChunkData` for the training loop (SPEC 9/10).
+
+    When the whole dataset fits (`shards_per_window` >= number of files, the default when the
+    budget allows or is unknown for a 1M file), it is loaded once and never changes. Otherwise the
+    shards are split into consecutive windows of `shards_per_window` files, and the window in use
+    at step s is (s // rotate_every) % num_windows (cycling in order; with 1 shard per window this
+    is the reference's one-shard-every-N-steps rotation). Windows are padded to one capacity, so
+    the jitted training scan does not recompile when the window changes (sampling stays uniform
+    over the window's real rows). Call `data_at(step)` between scans; make the scan length divide
+    `rotate_every`.
+    """
+
+    def __init__(
+        self,
+        env_name: str,
+        dataset_dir: str = DEFAULT_DATASET_DIR,
+        sparse: bool = False,
+        *,
+        env=None,
+        shards_per_window: Optional[int] = None,
+        budget_bytes: Optional[int] = None,
+        rotate_every: int = 1000,
+        action_clip_eps: float = ACTION_CLIP_EPS,
+        standard: bool = False,
+        device=None,
+        load_fn: Optional[Callable] = None,
+    ):
+        self.info = parse_env_name(env_name)
+        self.files = find_dataset_files(env_name, dataset_dir, standard)
+        self.paths = list(self.files.train)
+        self.file_nbytes = [chunks.chunk_data_nbytes(*file_rows_and_dims(p)) for p in self.paths]
+        if shards_per_window is None:
+            if budget_bytes is None:
+                shards_per_window = len(self.paths)
+            else:
+                shards_per_window = max(1, int(budget_bytes // max(self.file_nbytes)))
+        self.shards_per_window = int(min(max(1, shards_per_window), len(self.paths)))
+        self.windows = [
+            self.paths[i : i + self.shards_per_window] for i in range(0, len(self.paths), self.shards_per_window)
+        ]
+        self.rotate_every = int(rotate_every)
+        if self.rotate_every <= 0:
+            raise ValueError('rotate_every must be positive')
+        self.sparse = sparse
+        self.action_clip_eps = action_clip_eps
+        self.device = device
+        self.load_fn = load_fn
+        self.env = env if env is not None else make_env(env_name)
+        self.capacity = None
+        self.index = None
+        self._data = None
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.windows)
+
+    @property
+    def fits(self) -> bool:
+        """True when the whole dataset is held on the device (a single window)."""
+        return self.num_windows == 1
+
+    def nbytes(self) -> int:
+        """Device bytes of one window (upper bound from the npz headers)."""
+        step = self.shards_per_window
+        return max(sum(self.file_nbytes[i : i + step]) for i in range(0, len(self.paths), step))
+
+    def total_nbytes(self) -> int:
+        """Device bytes of the whole dataset (upper bound from the npz headers)."""
+        return sum(self.file_nbytes)
+
+    def window_index(self, step: int) -> int:
+        return (int(step) // self.rotate_every) % self.num_windows
+
+    def _load(self, index: int) -> chunks.ChunkData:
+        paths = self.windows[index]
+        if not self.files.sharded and self.load_fn is None:
+            train, _ = load_dataset(
+                self.info.env_name,
+                self.files.directory,
+                self.sparse,
+                self.action_clip_eps,
+                dataset_only=True,
+                cur_env=self.env,
+                standard=True,
+            )
+        else:
+            train = load_shards(paths, self.info.env_name, self.env, self.sparse, self.action_clip_eps, self.load_fn)
+        n = train['rewards'].shape[0]
+        if self.num_windows > 1:
+            # One shape for every window: the largest window's header row count (an upper bound).
+            bound = max(sum(file_rows_and_dims(p)[0] for p in w) for w in self.windows)
+            self.capacity = max(self.capacity or 0, bound, n)
+        self._data = None  # free the previous window's device arrays first
+        return to_device(train, capacity=self.capacity, device=self.device)
+
+    def data_at(self, step: int) -> chunks.ChunkData:
+        """The `ChunkData` to train on at `step` (loads the next window when the step crosses a
+        multiple of `rotate_every`)."""
+        index = self.window_index(step)
+        if index != self.index or self._data is None:
+            self._data = self._load(index)
+            self.index = index
+        return self._data
+
+    @property
+    def data(self) -> chunks.ChunkData:
+        """The current window's data (the first window before any `data_at` call)."""
+        return self.data_at(0) if self._data is None else self._data
