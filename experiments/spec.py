@@ -1,0 +1,117 @@
+"""Resolve a run config into the settings of one task, without writing anything back into it.
+
+Config fields left as None take the value of the task's domain in experiments/configs/domains.py.
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+from experiments import data
+from experiments.configs.domains import DOMAIN_SETTINGS, SUITES
+from trqam_jax.agent import METHODS, AgentConfig
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    env_name: str  # the OGBench single-task id
+    domain: str  # e.g. cube-double-play
+    method: str  # trqam, qam or bc
+    horizon: int  # H
+    sparse: bool  # sparse-reward option
+    eval_steps: int  # evaluation episode length
+    bc: AgentConfig  # the BC pretraining update
+    offline: AgentConfig  # the offline fine-tuning update
+    online: AgentConfig  # the online update (its own eps if online_kl_budget is set)
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def resolve(config, env_name: Optional[str] = None) -> TaskSpec:
+    env_name = env_name or config.env_name
+    info = data.parse_env_name(env_name)  # raises UnknownEnvError listing the valid domains
+    if config.method not in METHODS:
+        raise ConfigError(f"config.method={config.method!r} is unknown: use one of {', '.join(METHODS)}.")
+    domain = DOMAIN_SETTINGS[info.domain]
+    a = config.agent
+    width = _pick(a.width, domain.width)
+    common = dict(
+        hidden_dims=(width,) * a.depth,
+        actor_layer_norm=_pick(a.actor_layer_norm, domain.actor_layer_norm),
+        num_critics=a.num_critics,
+        flow_steps=a.flow_steps,
+        discount=_pick(a.discount, domain.discount),
+        rho=_pick(a.rho, domain.rho),
+        tau=a.tau,
+        learning_rate=a.learning_rate,
+        grad_clip_norm=a.grad_clip_norm,
+        batch_size=a.batch_size,
+        lam_scale=a.lam_scale,
+        lam_init=a.lam_init,
+        dual_lr=a.dual_lr,
+        kl_ema_decay=a.kl_ema_decay,
+        kl_clip_factor=a.kl_clip_factor,
+        lam_min=a.lam_min,
+        lam_max=a.lam_max,
+        inv_temp=_pick(a.inv_temp, domain.qam_inv_temp),
+    )
+    eps = _pick(a.kl_budget, domain.kl_budget)
+    fine_tune_method = "trqam" if config.method == "bc" else config.method
+    offline = AgentConfig(method=fine_tune_method, kl_budget=eps, **common)
+    online = dataclasses.replace(offline, kl_budget=_pick(config.online_kl_budget, eps))
+    spec = TaskSpec(
+        env_name=env_name,
+        domain=info.domain,
+        method=config.method,
+        horizon=_pick(a.horizon, domain.horizon),
+        sparse=_pick(a.sparse, domain.sparse),
+        eval_steps=_pick(config.eval_steps, domain.eval_steps),
+        bc=dataclasses.replace(offline, method="bc"),
+        offline=offline,
+        online=online,
+    )
+    check_schedule(config, spec.horizon)
+    return spec
+
+
+def check_schedule(config, horizon: int) -> None:
+    """Step counts must be whole numbers of scanned calls; say which field to change."""
+    every = config.log_every
+    if every <= 0:
+        raise ConfigError(f"config.log_every must be positive, got {every}.")
+    for name in ("bc_steps", "offline_steps", "eval_every", "save_every"):
+        value = getattr(config, name)
+        if value < 0 or value % every:
+            raise ConfigError(f"config.{name}={value} must be a non-negative multiple of config.log_every={every}.")
+    if config.eval_every == 0 or config.save_every == 0:
+        raise ConfigError("config.eval_every and config.save_every must be positive.")
+    if config.online_steps > 0:
+        for name in ("online_steps", "online_start_steps", "log_every", "eval_every", "save_every"):
+            if getattr(config, name) % horizon:
+                raise ConfigError(f"config.{name}={getattr(config, name)} must be a multiple of the chunk length "
+                                  f"H={horizon} in the online phase.")
+    if config.num_seeds < 1:
+        raise ConfigError(f"config.num_seeds must be >= 1, got {config.num_seeds}.")
+
+
+def task_list(config, shard: str = "") -> Tuple[str, ...]:
+    """The env names this invocation runs: config.env_name, or a slice of a suite."""
+    if config.suite:
+        if config.suite not in SUITES:
+            raise ConfigError(f"unknown suite {config.suite!r}: valid suites are {', '.join(SUITES)}.")
+        tasks = SUITES[config.suite]
+    else:
+        tasks = (config.env_name,)
+    if not shard:
+        return tasks
+    try:
+        index, count = (int(x) for x in shard.split("/"))
+        assert 0 <= index < count
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--shard={shard!r} must look like i/n with 0 <= i < n, e.g. 3/10.") from None
+    return tasks[index::count]
