@@ -1,0 +1,543 @@
+"""Vectorised evaluation and online env stepping for S seeds at once (SPEC sections 9 and 10).
+
+Evaluation runs S seeds x E episodes in one `gymnasium.vector` env of S*E OGBench single-task envs
+(sub-env index = s * E + e): seed s's policy acts on its own E envs, every env plays exactly one
+episode, and action chunks of length H run open-loop (H env steps per policy call, the last chunk cut
+by the episode end). Success is the `success` flag in the info of an episode's final step. To bound
+memory (about 150 MB per env), the E episodes can run in rounds of E_r on S*E_r envs.
+
+Online RL keeps one env per seed (`OnlineEnvs`) and yields single-step transitions in the dataset
+convention (SPEC section 9), ready for a per-seed replay buffer.
+
+OGBench single-task envs (`success_timing='pre'`) compute reward, success and termination from the
+state *before* the action, which is exactly the dataset relabeling: for the transition
+(s_t, a_t, r_t, s_{t+1}), r_t = (subgoals met in s_t) - (subgoals) (navigation: success(s_t) - 1), and
+the episode terminates (terminated=True) on the step taken from a solved state, so
+mask_t = 1 - terminated_t = 1 - success(s_t).
+
+This module imports JAX lazily, so the env worker processes of an async vector env do not load it.
+
+Speed benchmark: `python -m experiments.evaluation --benchmark` (see `--help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import gc
+import time
+import warnings
+from typing import Any, Callable, NamedTuple, Optional
+
+import gymnasium
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+VECTORIZATIONS = ('sync', 'async')
+# Workers of an async vector env start with 'forkserver' by default: forking a process that runs JAX
+# (multithreaded) can deadlock, and 'spawn' re-imports the launcher's main module in every worker.
+DEFAULT_ASYNC_CONTEXT = 'forkserver'
+
+
+# ---------------------------------------------------------------------------------------------------
+# Env construction.
+
+
+def _gym_env_id(env_name: str) -> str:
+    """The gymnasium id behind an OGBench dataset-style name (the parse of `ogbench.make_env_and_datasets`).
+
+    `cube-double-play-singletask-task2-v0` -> `cube-double-singletask-task2-v0`.
+    """
+    splits = env_name.split('-')
+    if 'singletask' in splits:
+        pos = splits.index('singletask')
+        return '-'.join(splits[: pos - 1] + splits[pos:])
+    if 'oraclerep' in splits:
+        return '-'.join(splits[:-3] + splits[-1:])
+    return '-'.join(splits[:-2] + splits[-1:])
+
+
+def episode_steps(env_name: str) -> int:
+    """The env's own time limit (eval episode length): cube-single 200, cube-double 500, scene 750, ..."""
+    import ogbench  # noqa: F401  (registers the OGBench ids)
+
+    steps = gymnasium.spec(_gym_env_id(env_name)).max_episode_steps
+    if steps is None:
+        raise ValueError(f'{env_name} has no time limit; pass max_episode_steps.')
+    return int(steps)
+
+
+def make_env(env_name: str, max_episode_steps: Optional[int] = None) -> gymnasium.Env:
+    """One OGBench env (no dataset files, no network). `max_episode_steps` overrides the time limit."""
+    import ogbench
+
+    kwargs = {} if max_episode_steps is None else {'max_episode_steps': int(max_episode_steps)}
+    with warnings.catch_warnings():
+        # mujoco's glfw complains about the missing DISPLAY; gymnasium about float64 Box bounds.
+        warnings.simplefilter('ignore')
+        return ogbench.make_env_and_datasets(env_name, env_only=True, **kwargs)
+
+
+def make_vector_env(
+    env_name: str,
+    num_envs: int,
+    *,
+    vectorization: str = 'sync',
+    max_episode_steps: Optional[int] = None,
+    autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP,
+    context: Optional[str] = DEFAULT_ASYNC_CONTEXT,
+) -> gymnasium.vector.VectorEnv:
+    """`num_envs` copies of the env in a gymnasium Sync or Async (one process per env) vector env."""
+    env_fns = [functools.partial(make_env, env_name, max_episode_steps)] * num_envs
+    if vectorization == 'sync':
+        return SyncVectorEnv(env_fns, autoreset_mode=autoreset_mode)
+    if vectorization == 'async':
+        return AsyncVectorEnv(env_fns, context=context, autoreset_mode=autoreset_mode)
+    raise ValueError(f'vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}.')
+
+
+def reset_seeds(seed: int, num_seeds: int, num_episodes: int) -> list[int]:
+    """Env reset seeds, flat in sub-env order s * E + e.
+
+    Seed (s, e) depends only on (seed, s, e): seed s sees the same initial states whatever S and E.
+    """
+    return [
+        int(np.random.SeedSequence(seed, spawn_key=(s, e)).generate_state(1)[0])
+        for s in range(num_seeds)
+        for e in range(num_episodes)
+    ]
+
+
+def _split_infos(infos: dict, lead: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Reshape the vector env's stacked info arrays (N, ...) to lead + (...), N = prod(lead)."""
+    n = int(np.prod(lead))
+    return {
+        k: v.reshape(lead + v.shape[1:])
+        for k, v in infos.items()
+        if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n
+    }
+
+
+def _merge_reset_infos(step_infos: dict, reset_infos: dict, done: np.ndarray) -> dict:
+    """The info of each env's current state: reset info where `done`, step info elsewhere."""
+    merged = dict(step_infos)
+    for k, v in reset_infos.items():
+        if k.startswith('_') or not isinstance(v, np.ndarray) or v.shape[:1] != done.shape:
+            continue
+        if k in merged and isinstance(merged[k], np.ndarray) and merged[k].shape == v.shape:
+            cond = done.reshape(done.shape + (1,) * (v.ndim - 1))
+            merged[k] = np.where(cond, v, merged[k])
+        else:
+            merged[k] = v
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+class EvalResult(NamedTuple):
+    """The outcome of S x E evaluation episodes. Per-seed fields are (S,), per-episode (S, E)."""
+
+    success_rate: np.ndarray  # (S,)   mean over the seed's E episodes of the final step's success flag
+    mean_return: np.ndarray  # (S,)   mean undiscounted episode return (raw env rewards)
+    episode_success: np.ndarray  # (S, E) bool
+    episode_return: np.ndarray  # (S, E) float64
+    episode_length: np.ndarray  # (S, E) int, env steps in the episode
+    env_steps: int  # sub-env steps simulated in all, counting the steps of envs already finished
+    wall_time: float  # seconds spent in `run`, policy calls included
+
+
+# act_fn(observations (S, E, O) float32, key) -> actions (S, E, H', A) with H' >= horizon (or (S, E, A)
+# when horizon == 1). With `with_infos=True` it is called as act_fn(observations, key, infos), infos a
+# dict of arrays (S, E, ...) (privileged state for scripted oracles).
+ActFn = Callable[..., Any]
+
+
+class Evaluator:
+    """The evaluation envs, built once and reused by every `run` (building costs about 1 s per env).
+
+    By default all S*E episodes run at once on S*E envs. `episodes_per_round` = E_r (a divisor of E)
+    builds only S*E_r envs and plays the E episodes in E / E_r rounds: an OGBench manipulation env
+    holds about 150 MB (meshes, textures), so 4 seeds x 50 episodes at once would need about 30 GB.
+    Results do not depend on E_r except through the policy's key stream (see `run`).
+    """
+
+    def __init__(
+        self,
+        env_name: str,
+        num_seeds: int,
+        num_episodes: int,
+        *,
+        max_episode_steps: Optional[int] = None,
+        episodes_per_round: Optional[int] = None,
+        vectorization: str = 'sync',
+        context: Optional[str] = DEFAULT_ASYNC_CONTEXT,
+    ):
+        self.env_name = env_name
+        self.num_seeds = int(num_seeds)
+        self.num_episodes = int(num_episodes)
+        self.episodes_per_round = int(episodes_per_round or num_episodes)
+        if self.num_episodes % self.episodes_per_round:
+            raise ValueError(
+                f'episodes_per_round={episodes_per_round} must divide num_episodes={num_episodes}.'
+            )
+        self.max_episode_steps = (
+            episode_steps(env_name) if max_episode_steps is None else int(max_episode_steps)
+        )
+        # NEXT_STEP autoreset: an env that finishes is reset on its next step (its action ignored); the
+        # evaluator masks such envs out from then on, so no second episode ever counts.
+        self.envs = make_vector_env(
+            env_name,
+            self.num_seeds * self.episodes_per_round,
+            vectorization=vectorization,
+            max_episode_steps=self.max_episode_steps,
+            autoreset_mode=AutoresetMode.NEXT_STEP,
+            context=context,
+        )
+        space = self.envs.single_action_space
+        self.action_dim = int(np.prod(space.shape))
+        self.observation_dim = int(np.prod(self.envs.single_observation_space.shape))
+        self._low = np.asarray(space.low, np.float32)
+        self._high = np.asarray(space.high, np.float32)
+
+    def run(
+        self,
+        act_fn: ActFn,
+        seed: int,
+        horizon: int,
+        *,
+        key: Any = None,
+        with_infos: bool = False,
+    ) -> EvalResult:
+        """One episode per (seed s, episode e); `key` defaults to jax.random.PRNGKey(seed).
+
+        act_fn sees (S, E_r, O) observations (E_r = episodes_per_round, E by default). The key is split
+        once per policy call (`key, sub = split(key)`; act_fn gets `sub` and splits it over seeds
+        itself). Env reset seeds come from `seed` (see `reset_seeds`).
+        """
+        import jax
+
+        S, E, Er = self.num_seeds, self.num_episodes, self.episodes_per_round
+        horizon = int(horizon)
+        if horizon < 1:
+            raise ValueError(f'horizon must be >= 1, got {horizon}.')
+        if key is None:
+            key = jax.random.PRNGKey(seed)
+        seeds = np.array(reset_seeds(seed, S, E)).reshape(S, E)
+
+        start = time.perf_counter()
+        success = np.zeros((S, E), bool)
+        returns = np.zeros((S, E), np.float64)
+        lengths = np.zeros((S, E), np.int64)
+        env_steps = 0
+        for r in range(E // Er):
+            episodes = slice(r * Er, (r + 1) * Er)
+            key, round_key = jax.random.split(key)
+            out = self._run_round(act_fn, seeds[:, episodes], horizon, round_key, with_infos)
+            success[:, episodes], returns[:, episodes], lengths[:, episodes], steps = out
+            env_steps += steps
+        return EvalResult(
+            success_rate=success.mean(axis=1),
+            mean_return=returns.mean(axis=1),
+            episode_success=success,
+            episode_return=returns,
+            episode_length=lengths,
+            env_steps=env_steps,
+            wall_time=time.perf_counter() - start,
+        )
+
+    def _run_round(self, act_fn, seeds, horizon, key, with_infos):
+        """One episode on each of the S*E_r envs, reset with `seeds` (S, E_r)."""
+        import jax
+
+        S, Er, A = self.num_seeds, self.episodes_per_round, self.action_dim
+        N = S * Er
+        obs, infos = self.envs.reset(seed=[int(x) for x in seeds.reshape(-1)])
+        finished = np.zeros(N, bool)
+        success = np.zeros(N, bool)
+        returns = np.zeros(N, np.float64)
+        lengths = np.zeros(N, np.int64)
+        env_steps = 0
+
+        while not finished.all():
+            key, sub = jax.random.split(key)
+            observations = np.asarray(obs, np.float32).reshape(S, Er, -1)
+            if with_infos:
+                chunk = act_fn(observations, sub, _split_infos(infos, (S, Er)))
+            else:
+                chunk = act_fn(observations, sub)
+            chunk = np.asarray(chunk, np.float32)
+            if chunk.ndim == 3:
+                chunk = chunk[:, :, None]
+            if chunk.ndim != 4 or chunk.shape[:2] != (S, Er) or chunk.shape[3] != A or (
+                chunk.shape[2] < horizon
+            ):
+                raise ValueError(
+                    f'act_fn must return ({S}, {Er}, H >= {horizon}, {A}) actions, got {chunk.shape}.'
+                )
+            chunk = np.clip(chunk.reshape(N, chunk.shape[2], A), self._low, self._high)
+
+            for k in range(horizon):  # open loop
+                obs, rewards, terminated, truncated, infos = self.envs.step(chunk[:, k])
+                env_steps += N
+                active = ~finished
+                returns[active] += rewards[active]
+                lengths[active] += 1
+                ended = active & (terminated | truncated)
+                if ended.any():
+                    success[ended] = np.asarray(infos['success'])[ended].astype(bool)
+                    finished |= ended
+                    if finished.all():
+                        break
+
+        return success.reshape(S, Er), returns.reshape(S, Er), lengths.reshape(S, Er), env_steps
+
+    def close(self) -> None:
+        self.envs.close()
+
+    def __enter__(self) -> 'Evaluator':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def evaluate(
+    act_fn: ActFn,
+    env_name: str,
+    num_seeds: int,
+    num_episodes: int,
+    seed: int,
+    horizon: int,
+    *,
+    max_episode_steps: Optional[int] = None,
+    episodes_per_round: Optional[int] = None,
+    vectorization: str = 'sync',
+    context: Optional[str] = DEFAULT_ASYNC_CONTEXT,
+    key: Any = None,
+    with_infos: bool = False,
+) -> EvalResult:
+    """Build S*E envs, run one episode on each, close them. See `Evaluator.run`.
+
+    For repeated evaluations during training, keep an `Evaluator` instead (envs are built once).
+    """
+    with Evaluator(
+        env_name,
+        num_seeds,
+        num_episodes,
+        max_episode_steps=max_episode_steps,
+        episodes_per_round=episodes_per_round,
+        vectorization=vectorization,
+        context=context,
+    ) as evaluator:
+        return evaluator.run(act_fn, seed, horizon, key=key, with_infos=with_infos)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Online env stepping.
+
+
+class Transition(NamedTuple):
+    """One env step for each of S seeds, in the dataset convention (SPEC section 9)."""
+
+    observations: np.ndarray  # (S, O) float32, s_t
+    actions: np.ndarray  # (S, A) float32, the executed action (clipped to the action space)
+    rewards: np.ndarray  # (S,)  float32, r_t (after the sparse option, if on)
+    terminals: np.ndarray  # (S,)  float32, 1 where the trajectory ends here (terminated or truncated)
+    masks: np.ndarray  # (S,)  float32, 1 - terminated: 0 only where s_t solves the task
+    next_observations: np.ndarray  # (S, O) float32, s_{t+1} (the true final obs when the episode ends)
+
+
+class OnlineEnvs:
+    """S envs, one per seed, for online RL. Finished envs are reset (and their chunk queue cleared).
+
+    `step(actions)` takes (S, A) actions, or (S, H, A) chunks: a seed whose chunk queue is empty loads
+    its chunk (the other seeds' chunks are ignored), then every seed executes the next action of its
+    queue. `needs_chunk` says which seeds will load. `observations` (S, O) float32 and `infos` (the
+    vector env's info dict, arrays (S, ...), for scripted policies) describe the current states.
+    Typical loop:
+
+        envs = OnlineEnvs(env_name, S, seed)
+        for i in range(steps):
+            if envs.needs_chunk.any():
+                chunks = policy(envs.observations, key)      # (S, H, A)
+            transition, info = envs.step(chunks)             # append transition[s] to buffer s
+    """
+
+    def __init__(
+        self,
+        env_name: str,
+        num_seeds: int,
+        seed: int,
+        *,
+        sparse: bool = False,
+        max_episode_steps: Optional[int] = None,
+        vectorization: str = 'sync',
+        context: Optional[str] = DEFAULT_ASYNC_CONTEXT,
+    ):
+        self.num_seeds = int(num_seeds)
+        self.sparse = bool(sparse)
+        # DISABLED autoreset: we reset finished envs ourselves (reset_mask), so every step's obs is the
+        # true next observation and no reset step is wasted.
+        self.envs = make_vector_env(
+            env_name,
+            self.num_seeds,
+            vectorization=vectorization,
+            max_episode_steps=max_episode_steps,
+            autoreset_mode=AutoresetMode.DISABLED,
+            context=context,
+        )
+        space = self.envs.single_action_space
+        self.action_dim = int(np.prod(space.shape))
+        self._low = np.asarray(space.low, np.float32)
+        self._high = np.asarray(space.high, np.float32)
+        # Reset seeds unlike the evaluation ones of the same `seed` (a spawn key no eval seed uses).
+        seeds = [
+            int(np.random.SeedSequence(seed, spawn_key=(2**31 - 1, s)).generate_state(1)[0])
+            for s in range(self.num_seeds)
+        ]
+        obs, self.infos = self.envs.reset(seed=seeds)
+        self.observations = np.asarray(obs, np.float32).reshape(self.num_seeds, -1)
+        self._queues = [collections.deque() for _ in range(self.num_seeds)]
+        self._episode_return = np.zeros(self.num_seeds, np.float64)
+        self._episode_length = np.zeros(self.num_seeds, np.int64)
+
+    @property
+    def needs_chunk(self) -> np.ndarray:
+        """(S,) bool: seeds whose chunk queue is empty (they load a chunk at the next `step`)."""
+        return np.array([len(q) == 0 for q in self._queues])
+
+    def step(self, actions) -> tuple[Transition, dict[str, np.ndarray]]:
+        """One env step per seed. Returns the transitions and an info dict of (S,) arrays:
+        success (the step's success flag), done, and episode_return / episode_length / episode_success
+        (meaningful where done)."""
+        actions = np.asarray(actions, np.float32)
+        S, A = self.num_seeds, self.action_dim
+        if actions.ndim == 3 and actions.shape[0] == S and actions.shape[2] == A:
+            for queue, chunk in zip(self._queues, actions):
+                if not queue:
+                    queue.extend(chunk)
+            action = np.stack([queue.popleft() for queue in self._queues])
+        elif actions.shape == (S, A):
+            if not self.needs_chunk.all():
+                raise ValueError('(S, A) actions given while action chunks are still queued.')
+            action = actions
+        else:
+            raise ValueError(f'actions must be ({S}, {A}) or ({S}, H, {A}), got {actions.shape}.')
+        action = np.clip(action, self._low, self._high)
+
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(action)
+        next_obs = np.asarray(next_obs, np.float32).reshape(S, -1)
+        rewards = np.asarray(rewards, np.float32)
+        if self.sparse:  # SPEC 9: r <- -1 if r != 0 else 0
+            rewards = np.where(rewards != 0, -1.0, 0.0).astype(np.float32)
+        done = np.asarray(terminated | truncated)
+        transition = Transition(
+            observations=self.observations,
+            actions=action,
+            rewards=rewards,
+            terminals=done.astype(np.float32),
+            masks=1.0 - np.asarray(terminated, np.float32),
+            next_observations=next_obs,
+        )
+
+        self._episode_return += rewards
+        self._episode_length += 1
+        success = np.asarray(infos['success']).astype(bool)
+        info = dict(
+            success=success,
+            done=done,
+            episode_return=self._episode_return.copy(),
+            episode_length=self._episode_length.copy(),
+            episode_success=success & done,
+        )
+
+        self.infos = infos
+        self.observations = next_obs
+        if done.any():
+            obs, reset_infos = self.envs.reset(options={'reset_mask': done})
+            obs = np.asarray(obs, np.float32).reshape(S, -1)
+            self.observations = np.where(done[:, None], obs, next_obs)
+            self.infos = _merge_reset_infos(infos, reset_infos, done)
+            for s in np.flatnonzero(done):
+                self._queues[s].clear()
+            self._episode_return[done] = 0.0
+            self._episode_length[done] = 0
+        return transition, info
+
+    def close(self) -> None:
+        self.envs.close()
+
+    def __enter__(self) -> 'OnlineEnvs':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Speed benchmark.
+
+
+def random_act_fn(num_seeds: int, num_episodes: int, horizon: int, action_dim: int) -> ActFn:
+    """A jitted uniform-random policy with the evaluator's act_fn signature."""
+    import jax
+
+    shape = (num_seeds, num_episodes, horizon, action_dim)
+    sample = jax.jit(lambda key: jax.random.uniform(key, shape, minval=-1.0, maxval=1.0))
+    return lambda observations, key: sample(key)
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    S, E, H = args.num_seeds, args.num_episodes, args.horizon
+    for vectorization in args.vectorization:
+        t0 = time.perf_counter()
+        evaluator = Evaluator(
+            args.env_name,
+            S,
+            E,
+            max_episode_steps=args.max_episode_steps,
+            episodes_per_round=args.episodes_per_round,
+            vectorization=vectorization,
+        )
+        build = time.perf_counter() - t0
+        act_fn = random_act_fn(S, evaluator.episodes_per_round, H, evaluator.action_dim)
+        num_envs, max_steps = evaluator.envs.num_envs, evaluator.max_episode_steps
+        with evaluator:
+            evaluator.run(act_fn, 0, H)  # warm-up (jit, worker caches)
+            times = []
+            for rep in range(args.repeats):
+                result = evaluator.run(act_fn, rep + 1, H)
+                times.append(result.wall_time)
+        del evaluator  # free the envs (about 150 MB each) before building the next set
+        gc.collect()
+        best = min(times)
+        print(
+            f'{vectorization:5s} S={S} E={E} ({num_envs} envs) H={H} T={max_steps}: build {build:.1f} s, '
+            f'run {best:.2f} s (best of {args.repeats}), {result.env_steps / best:,.0f} env steps/s, '
+            f'success {result.success_rate.mean():.2f}',
+            flush=True,
+        )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--benchmark', action='store_true', help='time evaluation with a random policy')
+    parser.add_argument('--env_name', default='cube-single-play-singletask-task1-v0')
+    parser.add_argument('--num_seeds', type=int, default=4)
+    parser.add_argument('--num_episodes', type=int, default=10)
+    parser.add_argument('--horizon', type=int, default=5)
+    parser.add_argument('--max_episode_steps', type=int, default=None)
+    parser.add_argument('--episodes_per_round', type=int, default=None)
+    parser.add_argument('--vectorization', nargs='+', default=list(VECTORIZATIONS), choices=VECTORIZATIONS)
+    parser.add_argument('--repeats', type=int, default=1)
+    args = parser.parse_args(argv)
+    if not args.benchmark:
+        parser.error('nothing to do: pass --benchmark')
+    _benchmark(args)
+
+
+if __name__ == '__main__':
+    main()
