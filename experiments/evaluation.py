@@ -340,13 +340,16 @@ def evaluate(
 
 
 class Transition(NamedTuple):
-    """One env step for each of S seeds, in the dataset convention (SPEC section 9)."""
+    """One env step for each of S seeds, in the dataset convention (SPEC section 9).
+
+    The field order is that of `trqam_jax.chunks.Transitions` (masks before terminals).
+    """
 
     observations: np.ndarray  # (S, O) float32, s_t
     actions: np.ndarray  # (S, A) float32, the executed action (clipped to the action space)
     rewards: np.ndarray  # (S,)  float32, r_t (after the sparse option, if on)
-    terminals: np.ndarray  # (S,)  float32, 1 where the trajectory ends here (terminated or truncated)
     masks: np.ndarray  # (S,)  float32, 1 - terminated: 0 only where s_t solves the task
+    terminals: np.ndarray  # (S,)  float32, 1 where the trajectory ends here (terminated or truncated)
     next_observations: np.ndarray  # (S, O) float32, s_{t+1} (the true final obs when the episode ends)
 
 
@@ -438,8 +441,8 @@ class OnlineEnvs:
             observations=self.observations,
             actions=action,
             rewards=rewards,
-            terminals=done.astype(np.float32),
             masks=1.0 - np.asarray(terminated, np.float32),
+            terminals=done.astype(np.float32),
             next_observations=next_obs,
         )
 

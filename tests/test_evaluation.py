@@ -201,6 +201,12 @@ def test_online_envs_transitions():
                 np.testing.assert_array_equal(obs[s, t + 1], next_obs[s, t])
 
 
+def test_transition_fields_match_replay_block():
+    # The launcher builds `trqam_jax.chunks.Transitions` from our Transition positionally.
+    chunks = pytest.importorskip('trqam_jax.chunks')
+    assert ev.Transition._fields == chunks.Transitions._fields
+
+
 def test_online_envs_sparse_and_plain_actions():
     with ev.OnlineEnvs(ENV, 1, seed=1, sparse=True, max_episode_steps=5) as envs:
         dones, lengths = [], []
