@@ -59,12 +59,14 @@ class Checkpointer:
     def read_meta(self, step: int) -> Dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
-    def restore(self, state_like, replay_like=None, items=("state", "replay")):
+    def restore(self, state_like, replay_like=None, items=("state", "replay"), step: Optional[int] = None):
         """(step, state, replay, meta) of the newest readable checkpoint, or None if there is none.
 
         An incomplete or corrupted newest checkpoint is reported and the previous one is used.
+        items: which trees to read; ("policy",) reads the actor params alone (state_like = actor).
+        step: read this step only.
         """
-        steps = self.steps()
+        steps = self.steps() if step is None else [step]
         for step in reversed(steps):
             try:
                 meta = self.read_meta(step)

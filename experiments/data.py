@@ -287,12 +287,19 @@ def postprocess(dataset: Dict[str, np.ndarray], sparse: bool = False, action_cli
     return out
 
 
-def make_env(env_name: str, **env_kwargs):
-    """The single-task env (through ogbench, so no dataset is touched)."""
+def make_env(env_name: str, seed: int = 0, **env_kwargs):
+    """The single-task env (through ogbench, so no dataset is touched), reset once with `seed`.
+
+    ogbench's relabeling calls an unseeded env.reset(), and cube tasks draw a random block
+    permutation there: seeding the env first makes the relabeled rewards the same on every load
+    (so a resumed run sees the data of the original run).
+    """
     import ogbench
 
     parse_env_name(env_name)
-    return ogbench.make_env_and_datasets(env_name, env_only=True, **env_kwargs)
+    env = ogbench.make_env_and_datasets(env_name, env_only=True, **env_kwargs)
+    env.reset(seed=seed)
+    return env
 
 
 def load_shard(path: str, env_name: str, env, sparse: bool = False, action_clip_eps: float = ACTION_CLIP_EPS):

@@ -41,7 +41,7 @@ class RunLogger:
 
         self.run_dir, self.resume_step = run_dir, resume_step
         self.train = None  # created at the first row, when the metric names are known
-        self.eval = CsvLog(os.path.join(run_dir, "eval.csv"), EVAL_FIELDS, resume_step)
+        self.eval = None
         self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
     def log_train(self, step: int, phase: str, seeds: Sequence[int], metrics: Dict[str, np.ndarray]) -> None:
@@ -55,6 +55,8 @@ class RunLogger:
             self.tb.add_scalar(f"{phase}/{name}", float(np.mean(values)), step)
 
     def log_eval(self, step: int, phase: str, seeds: Sequence[int], success, returns) -> None:
+        if self.eval is None:
+            self.eval = CsvLog(os.path.join(self.run_dir, "eval.csv"), EVAL_FIELDS, self.resume_step)
         self.eval.write([{"step": step, "phase": phase, "seed": seed, "success": float(success[i]),
                           "episode_return": float(returns[i])} for i, seed in enumerate(seeds)])
         self.tb.add_scalar(f"{phase}/eval_success", float(np.mean(success)), step)

@@ -24,6 +24,9 @@ from experiments.spec import ConfigError, TaskSpec, resolve
 from trqam_jax import agent, chunks
 
 
+BC_DIR = "_pretrained_bc"  # <output_dir>/_pretrained_bc/<domain>: the shared BC checkpoints
+
+
 class RunDirExistsError(RuntimeError):
     pass
 
@@ -167,7 +170,7 @@ def file_lock(path: str):
 
 def pretrain_bc(ctx: Context):
     """Seed-stacked BC actor params: loaded from <output_dir>/bc/<domain>, or trained and saved there."""
-    bc_dir = os.path.join(os.path.expanduser(ctx.config.output_dir), "bc", ctx.spec.domain)
+    bc_dir = os.path.join(os.path.expanduser(ctx.config.output_dir), BC_DIR, ctx.spec.domain)
     identity = bc_identity(ctx)
     with file_lock(os.path.join(bc_dir, "lock")):
         checkpointer = Checkpointer(os.path.join(bc_dir, "checkpoints"), keep=ctx.config.keep_checkpoints)
@@ -204,7 +207,8 @@ def make_evaluator(ctx: Context, logger: RunLogger):
     from experiments.evaluation import Evaluator
 
     config, spec = ctx.config, ctx.spec
-    evaluator = Evaluator(spec.env_name, len(ctx.seeds), config.eval_episodes, max_episode_steps=spec.eval_steps)
+    evaluator = Evaluator(spec.env_name, len(ctx.seeds), config.eval_episodes, max_episode_steps=spec.eval_steps,
+                          episodes_per_round=config.eval_envs_per_seed)
     act = jax.jit(jax.vmap(agent.make_act_fn(spec.offline, ctx.nets), in_axes=(0, 0, 0)))
     num_seeds, horizon, action_dim = len(ctx.seeds), spec.horizon, ctx.action_dim
 
@@ -258,7 +262,8 @@ def online_phase(ctx: Context, states, replay, start: int, checkpointer: Checkpo
         pending.append(transition)
         done = t + 1
         if len(pending) == horizon:
-            block = chunks.Transitions(*[jnp.asarray(np.stack(x, axis=1)) for x in zip(*pending)])
+            block = chunks.Transitions(**{f: jnp.asarray(np.stack([getattr(tr, f) for tr in pending], axis=1))
+                                          for f in chunks.Transitions._fields})
             pending = []
             replay = replay._replace(online=append(replay.online, block))
             if done > config.online_start_steps:
@@ -312,7 +317,7 @@ def run_task(config, env_name: Optional[str] = None, resume: bool = False) -> st
     """Runs every stage of one task; returns its run directory."""
     spec = resolve(config, env_name)
     run_dir = run_dir_of(config, spec.env_name, spec.method)
-    env = data.make_env(spec.env_name)
+    env = data.make_env(spec.env_name, seed=config.seed)
     window = open_dataset(config, spec, env)  # before the run dir, so missing data leaves nothing behind
     prepare_run_dir(run_dir, resume, config)
     with open(os.path.join(run_dir, "task.json"), "w") as f:

@@ -9,7 +9,8 @@ Input: one run directory per (task, method), `<runs_dir>/<env_name>/<method>/`, 
   config.json                                         optional; kept on the Run record, unused
 where env_name is an OGBench single-task id `<domain>-singletask-task<N>-v0` and phase is
 `offline` or `online` (steps count gradient steps and continue from offline into online).
-Directories without an eval.csv (e.g. the report folder itself) are skipped.
+Directories without an eval.csv (e.g. the report folder itself), and those whose name starts with
+'_' or '.' (the launcher's shared `_pretrained_bc/`), are skipped.
 
 Scores (SPEC 10): a seed's offline score is its eval row of phase offline with the largest step (the
 end of offline training); its online score is its online row with the largest step. A domain's
@@ -220,7 +221,7 @@ def load_runs(runs_dir: str) -> list[Run]:
     runs = []
     for env_name in sorted(os.listdir(runs_dir)):
         env_dir = os.path.join(runs_dir, env_name)
-        if env_name.startswith(".") or not os.path.isdir(env_dir):
+        if env_name.startswith((".", "_")) or not os.path.isdir(env_dir):  # _pretrained_bc: not a run
             continue
         for method in sorted(os.listdir(env_dir)):
             run_dir = os.path.join(env_dir, method)

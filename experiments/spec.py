@@ -95,6 +95,9 @@ def check_schedule(config, horizon: int) -> None:
             if getattr(config, name) % horizon:
                 raise ConfigError(f"config.{name}={getattr(config, name)} must be a multiple of the chunk length "
                                   f"H={horizon} in the online phase.")
+    if config.eval_episodes % config.eval_envs_per_seed:
+        raise ConfigError(f"config.eval_envs_per_seed={config.eval_envs_per_seed} must divide "
+                          f"config.eval_episodes={config.eval_episodes}.")
     if config.num_seeds < 1:
         raise ConfigError(f"config.num_seeds must be >= 1, got {config.num_seeds}.")
 
@@ -114,4 +117,5 @@ def task_list(config, shard: str = "") -> Tuple[str, ...]:
         assert 0 <= index < count
     except (ValueError, AssertionError):
         raise ConfigError(f"--shard={shard!r} must look like i/n with 0 <= i < n, e.g. 3/10.") from None
-    return tasks[index::count]
+    # Contiguous slices, so that with n = 10 each job runs one domain and pretrains its BC once.
+    return tasks[index * len(tasks) // count:(index + 1) * len(tasks) // count]

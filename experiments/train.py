@@ -51,7 +51,12 @@ def main(argv):
     if FLAGS.report:
         from experiments import report
 
-        report.main_for(os.path.expanduser(config.output_dir))
+        runs_dir = os.path.expanduser(config.output_dir)
+        try:
+            print(report.make_report(runs_dir))
+        except report.ReportError as e:
+            raise SystemExit(f"Error while writing the report: {e}") from None
+        print(f"Table and curves written to {os.path.join(runs_dir, 'report')}")
 
 
 if __name__ == "__main__":

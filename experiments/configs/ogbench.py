@@ -33,6 +33,7 @@ def get_config():
     config.log_every = 1_000  # updates per jitted call (lax.scan length) and per log row.
     config.eval_every = 50_000  # evaluate every this many steps of each phase, and at its end.
     config.eval_episodes = 50  # evaluation episodes per seed.
+    config.eval_envs_per_seed = 10  # envs built per seed; episodes run in rounds (an env holds ~150 MB).
     config.eval_steps = placeholder(int)  # evaluation episode length; None: domain table.
     config.save_every = 100_000  # checkpoint every this many steps, and at the end of each phase.
     config.keep_checkpoints = 3  # how many recent checkpoints to keep.

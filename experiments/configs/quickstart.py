@@ -25,6 +25,7 @@ def get_config():
     config.log_every = 500  # updates per jitted call.
     config.eval_every = 2_000  # evaluate twice per phase.
     config.eval_episodes = 10  # episodes per seed.
+    config.eval_envs_per_seed = 5  # two rounds of 5 envs per seed.
     config.save_every = 2_000  # checkpoint twice per phase.
     config.agent.width = 128  # small networks for the CPU.
     config.agent.depth = 2

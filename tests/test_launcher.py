@@ -1,0 +1,178 @@
+"""The launcher end to end on a tiny generated cube-single dataset: smoke run of the real entry
+point, exact resume, the two-device sharded run, policy-only restore, and each bad input."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import checkpointing, data, pipeline, spec
+from experiments.configs import quickstart
+from experiments.policy import load_policy
+
+ENV = "cube-single-play-singletask-task1-v0"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "num_seeds": 2, "bc_steps": 100, "offline_steps": 200, "online_steps": 0, "online_start_steps": 25,
+    "log_every": 50, "eval_every": 100, "save_every": 100, "eval_episodes": 1, "eval_envs_per_seed": 1, "eval_steps": 25,
+    "generate_missing_data": False,
+    "agent.width": 16, "agent.depth": 2, "agent.num_critics": 2, "agent.batch_size": 16, "agent.flow_steps": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    from experiments import make_dataset
+
+    path = str(tmp_path_factory.mktemp("data"))
+    make_dataset.generate_dataset("cube-single-play-v0", path, num_episodes=8, episode_length=101, num_workers=1,
+                                  progress=False)
+    return path
+
+
+def tiny_config(dataset_dir, output_dir, **overrides):
+    config = quickstart.get_config()
+    config.update_from_flattened_dict({**TINY, "dataset_dir": dataset_dir, "output_dir": str(output_dir),
+                                       **overrides})
+    config.lock()
+    return config
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_dir(output_dir, method="trqam"):
+    return os.path.join(str(output_dir), ENV, method)
+
+
+def test_smoke_real_entry_point_offline_then_online(dataset_dir, tmp_path):
+    flags = [f"--config.{k}={v}" for k, v in {**TINY, "online_steps": 50}.items()]
+    cmd = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/quickstart.py", *flags,
+           f"--config.dataset_dir={dataset_dir}", f"--output_dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    evals = read_csv(os.path.join(run_dir(tmp_path), "eval.csv"))
+    assert [(r["step"], r["phase"]) for r in evals[::2]] == [("100", "offline"), ("200", "offline"), ("250", "online")]
+    train = read_csv(os.path.join(run_dir(tmp_path), "train.csv"))
+    assert {r["phase"] for r in train} == {"offline", "online"}
+    assert all(np.isfinite(float(r["kl_hat"])) for r in train)
+    assert checkpointing.Checkpointer(os.path.join(run_dir(tmp_path), "checkpoints")).steps() == [100, 200, 250]
+    assert os.path.isdir(os.path.join(str(tmp_path), "_pretrained_bc", "cube-single-play"))
+    assert os.path.isdir(os.path.join(run_dir(tmp_path), "tensorboard"))
+    with open(os.path.join(str(tmp_path), "report", "results.md")) as f:
+        assert "cube-single-play" in f.read()
+    assert os.path.getsize(os.path.join(str(tmp_path), "report", "curves", f"{ENV}__trqam.png")) > 1000
+    # The policy alone restores from the newest checkpoint and acts.
+    policy = load_policy(run_dir(tmp_path))
+    chunk = policy.act(policy.params, np.zeros((2, 3, 28), np.float32), jax.random.PRNGKey(0))
+    assert policy.step == 250 and chunk.shape == (2, 3, 5, 5) and np.all(np.abs(chunk) <= 1)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(dataset_dir, tmp_path, monkeypatch):
+    whole = tiny_config(dataset_dir, tmp_path / "whole")
+    pipeline.run_task(whole)
+
+    cut = tiny_config(dataset_dir, tmp_path / "cut")
+    real_save = checkpointing.Checkpointer.save
+
+    def save_then_die(self, step, *args, **kwargs):
+        real_save(self, step, *args, **kwargs)
+        if "checkpoints" in self.directory and ENV in self.directory and step == 100:
+            raise Killed()
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "save", save_then_die)
+    with pytest.raises(Killed):
+        pipeline.run_task(cut)
+    monkeypatch.setattr(checkpointing.Checkpointer, "save", real_save)
+    with pytest.raises(pipeline.RunDirExistsError, match="--resume"):
+        pipeline.run_task(cut)
+    pipeline.run_task(cut, resume=True)
+    for name in ("train.csv", "eval.csv"):
+        with open(os.path.join(run_dir(tmp_path / "whole"), name)) as a, \
+                open(os.path.join(run_dir(tmp_path / "cut"), name)) as b:
+            assert a.read() == b.read(), name  # bit for bit
+
+    # A config that differs is refused on resume, naming the field; nothing is changed.
+    changed = tiny_config(dataset_dir, tmp_path / "cut", **{"agent.learning_rate": 1e-3})
+    with pytest.raises(pipeline.ConfigMismatchError, match="agent.learning_rate"):
+        pipeline.run_task(changed, resume=True)
+
+    # A damaged newest checkpoint falls back to the previous one.
+    ckpt_dir = os.path.join(run_dir(tmp_path / "cut"), "checkpoints")
+    newest = os.path.join(ckpt_dir, "200", "state")
+    shutil.rmtree(newest)
+    found = checkpointing.Checkpointer(ckpt_dir).restore(
+        jax.tree_util.tree_map(np.asarray, _states_like(cut)), items=("state",))
+    assert found[0] == 100
+
+
+def _states_like(config):
+    from trqam_jax import agent
+
+    task = spec.resolve(config)
+    nets = agent.make_networks(task.offline, task.horizon * 5)
+    return agent.init_seeds(np.arange(config.num_seeds), task.offline, nets, 28, task.horizon * 5)
+
+
+def test_two_device_sharded_run_equals_single_device(dataset_dir, tmp_path):
+    flags = [f"--config.{k}={v}" for k, v in {**TINY, "offline_steps": 100, "bc_steps": 50}.items()]
+    outputs = {}
+    for devices in (1, 2):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        out_dir = tmp_path / f"devices{devices}"
+        cmd = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/quickstart.py", *flags,
+               f"--config.dataset_dir={dataset_dir}", f"--output_dir={out_dir}", "--noreport"]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outputs[devices] = read_csv(os.path.join(run_dir(out_dir), "train.csv"))
+    assert len(outputs[1]) == len(outputs[2]) > 0
+    for a, b in zip(outputs[1], outputs[2]):
+        for key in ("critic_loss", "actor_loss", "kl_hat", "lambda_eff", "bc_loss"):
+            np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-4, atol=1e-6)
+
+
+def test_bad_inputs_give_clear_errors(dataset_dir, tmp_path, monkeypatch):
+    with pytest.raises(data.UnknownEnvError, match="cube-double-play"):
+        pipeline.run_task(tiny_config(dataset_dir, tmp_path, env_name="cube-sextuple-play-singletask-task1-v0"))
+    with pytest.raises(data.DatasetMissingError, match="make_dataset"):
+        pipeline.run_task(tiny_config(str(tmp_path / "empty"), tmp_path / "missing"))
+    assert not os.path.exists(tmp_path / "missing" / ENV)  # nothing created for a run that cannot start
+    with pytest.raises(data.DatasetMissingError, match="internet"):
+        pipeline.run_task(tiny_config(str(tmp_path / "empty"), tmp_path / "nav",
+                                      env_name="antmaze-large-navigate-singletask-task1-v0"))
+    with pytest.raises(spec.ConfigError, match="log_every"):
+        pipeline.run_task(tiny_config(dataset_dir, tmp_path, offline_steps=120))
+
+    # A NaN in a loss stops the run, names the step and the metric, and keeps the last good checkpoint.
+    real = pipeline.Context.offline_data
+
+    def poisoned(self, step):
+        batch = real(self, step)
+        return batch._replace(rewards=batch.rewards * np.nan) if step >= 100 else batch
+
+    monkeypatch.setattr(pipeline.Context, "offline_data", poisoned)
+    with pytest.raises(pipeline.TrainingDivergedError, match=r"non-finite \w+_loss .* step 150.*checkpoint \(step 100\)"):
+        pipeline.run_task(tiny_config(dataset_dir, tmp_path / "nan"))
+    assert checkpointing.Checkpointer(os.path.join(run_dir(tmp_path / "nan"), "checkpoints")).steps() == [100]
+
+
+def test_suite_and_shards():
+    config = tiny_config("unused", "unused", suite="ogbench50")
+    tasks = spec.task_list(config)
+    assert len(tasks) == 50 and len(set(tasks)) == 50
+    slices = [spec.task_list(config, f"{i}/10") for i in range(10)]
+    assert sorted(sum(slices, ())) == sorted(tasks)
+    assert all(len({t.split("-singletask")[0] for t in s}) == 1 for s in slices)  # one domain per job of 10
+    with pytest.raises(spec.ConfigError, match="i/n"):
+        spec.task_list(config, "10/10")
