@@ -7,8 +7,9 @@
 """
 
 import os
+import warnings
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import checkpointing, data, pipeline, spec
@@ -39,6 +40,9 @@ USER_ERRORS = (data.DataError, spec.ConfigError, pipeline.RunDirExistsError, pip
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # ogbench's Box spaces
+    warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")  # glfw without a screen
     config = FLAGS.config
     config.update_from_flattened_dict({k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None})
     try:
