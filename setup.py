@@ -15,7 +15,7 @@ setup(
         "ml_collections>=0.1.1",
         "orbax-checkpoint>=0.6",
         "absl-py>=2.0",
-        "gymnasium>=1.0",
+        "gymnasium>=1.1",  # AutoresetMode and reset_mask
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tensorboardX>=2.6",
