@@ -264,6 +264,8 @@ def online_phase(ctx: Context, states, replay, start: int, checkpointer: Checkpo
         if len(pending) == horizon:
             block = chunks.Transitions(**{f: jnp.asarray(np.stack([getattr(tr, f) for tr in pending], axis=1))
                                           for f in chunks.Transitions._fields})
+            # Stored actions follow the dataset's clip to [-1 + 1e-5, 1 - 1e-5] (SPEC 9).
+            block = block._replace(actions=jnp.clip(block.actions, -chunks.ACTION_CLIP, chunks.ACTION_CLIP))
             pending = []
             replay = replay._replace(online=append(replay.online, block))
             if done > config.online_start_steps:
