@@ -98,7 +98,11 @@ def path_kl_estimate(velocity_diff: jax.Array, num_steps: int, horizon: int) -> 
 def kl_constant(adjoints: jax.Array, num_steps: int) -> jax.Array:
     """C = (1/2) sum_i h g_i^2 ||a_i||^2 with the temperature-free adjoint (SPEC 5).
 
-    At the optimum of the loss the path KL is KL*(lambda) = C / lambda_eff^2 (average C over a batch).
+    At the optimum of the loss the path KL is KL*(lambda) = C / lambda_eff^2 (average C over a batch)
+    when the lean adjoint is a deterministic function of (t, x), as in the linear-Gaussian check.
+    In general the optimal control is the conditional mean E[a | x], so by Jensen C / lambda_eff^2
+    is an upper bound on the path KL at the optimum; docs/figures/trust_region_demo.md measures
+    the gap on a multimodal base.
     """
     h = 1.0 / num_steps
     g_sq = memoryless_noise_sq(flow_times(num_steps), num_steps)

@@ -240,7 +240,7 @@ def make_update_fn(config: AgentConfig, networks: Networks) -> Callable[[TrainSt
         grads, metrics = jax.grad(total_loss, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
 
         dual = state.dual
         if config.method != "bc":
