@@ -7,8 +7,6 @@ import fcntl
 import functools
 import json
 import os
-import shutil
-import time
 from typing import Dict, Optional
 
 import jax
@@ -18,9 +16,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from experiments import data
-from experiments.checkpointing import Checkpointer, CheckpointError, config_differences
+from experiments.checkpointing import Checkpointer, config_differences
 from experiments.logs import RunLogger
-from experiments.spec import ConfigError, TaskSpec, resolve
+from experiments.policy import make_chunk_policy
+from experiments.spec import TaskSpec, resolve
 from trqam_jax import agent, chunks
 
 
@@ -209,15 +208,10 @@ def make_evaluator(ctx: Context, logger: RunLogger):
     config, spec = ctx.config, ctx.spec
     evaluator = Evaluator(spec.env_name, len(ctx.seeds), config.eval_episodes, max_episode_steps=spec.eval_steps,
                           episodes_per_round=config.eval_envs_per_seed)
-    act = jax.jit(jax.vmap(agent.make_act_fn(spec.offline, ctx.nets), in_axes=(0, 0, 0)))
-    num_seeds, horizon, action_dim = len(ctx.seeds), spec.horizon, ctx.action_dim
+    act = make_chunk_policy(spec.offline, ctx.nets, spec.horizon, ctx.action_dim)
 
     def evaluate(actor_params, step: int, phase: str):
-        def act_fn(observations, key):
-            out = act(actor_params, jnp.asarray(observations), jax.random.split(key, num_seeds))
-            return np.asarray(out).reshape(num_seeds, observations.shape[1], horizon, action_dim)
-
-        result = evaluator.run(act_fn, seed=config.seed + step, horizon=horizon,
+        result = evaluator.run(functools.partial(act, actor_params), seed=config.seed + step, horizon=spec.horizon,
                                key=jax.random.fold_in(jax.random.PRNGKey(config.seed), step))
         logger.log_eval(step, phase, ctx.seeds, result.success_rate, result.mean_return)
         return result.success_rate
@@ -245,7 +239,7 @@ def online_phase(ctx: Context, states, replay, start: int, checkpointer: Checkpo
                                discount=cfg.discount)
     train = agent.make_train_fn(cfg, ctx.nets, sample, horizon, data_in_axes=chunks.REPLAY_IN_AXES)
     append = jax.jit(jax.vmap(chunks.append), donate_argnums=0)
-    act = jax.jit(jax.vmap(agent.make_act_fn(cfg, ctx.nets), in_axes=(0, 0, 0)))
+    act = make_chunk_policy(cfg, ctx.nets, horizon, ctx.action_dim)
     num_seeds = len(ctx.seeds)
     policy_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
     envs = OnlineEnvs(spec.env_name, num_seeds, config.seed + start, sparse=spec.sparse,
@@ -255,9 +249,7 @@ def online_phase(ctx: Context, states, replay, start: int, checkpointer: Checkpo
     bar = tqdm(total=end, initial=start, desc=f"{spec.env_name} online", unit="env step", dynamic_ncols=True)
     for t in range(start, end):
         if chunk is None or envs.needs_chunk.any():
-            keys = jax.random.split(jax.random.fold_in(policy_key, t), num_seeds)
-            chunk = np.asarray(act(states.actor, jnp.asarray(envs.observations)[:, None], keys))
-            chunk = chunk.reshape(num_seeds, horizon, ctx.action_dim)
+            chunk = act(states.actor, envs.observations[:, None], jax.random.fold_in(policy_key, t))[:, 0]
         transition, _ = envs.step(chunk)
         pending.append(transition)
         done = t + 1

@@ -43,15 +43,23 @@ def load_policy(run_dir: str, step: Optional[int] = None) -> Policy:
     restored = checkpointer.restore(like, items=("policy",), step=step)
     checkpointer.close()
     found_step, params, _, _ = restored
-    act_one = agent.make_act_fn(cfg, nets)
-    act_seeds = jax.jit(jax.vmap(act_one, in_axes=(0, 0, 0)))
+    act = make_chunk_policy(cfg, nets, horizon, action_dim)
+    return Policy(task["env_name"], horizon, action_dim, params, act, found_step)
+
+
+def make_chunk_policy(cfg: agent.AgentConfig, nets: agent.Networks, horizon: int, action_dim: int):
+    """act(seed-stacked actor params, observations (S, E, O), key) -> numpy chunks (S, E, H, A).
+
+    The key is split over the S seeds; each seed samples its E chunks with the ODE (SPEC 2).
+    """
+    act_seeds = jax.jit(jax.vmap(agent.make_act_fn(cfg, nets), in_axes=(0, 0, 0)))
 
     def act(params, observations, key):
         s, e = observations.shape[:2]
         out = act_seeds(params, jnp.asarray(observations), jax.random.split(key, s))
         return np.asarray(out).reshape(s, e, horizon, action_dim)
 
-    return Policy(task["env_name"], horizon, action_dim, params, act, found_step)
+    return act
 
 
 def main(argv):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trqam_jax import losses
-from trqam_jax.dual import DualState, dual_init, dual_update
+from trqam_jax.dual import dual_init, dual_update
 
 
 def reference_dual(kls, eps, lam=1.0, ema=0.0):
