@@ -60,8 +60,10 @@ def open_dataset(config, spec: TaskSpec, env) -> data.ShardWindow:
         kwargs = {} if config.generate_episode_length is None else {"episode_length": config.generate_episode_length}
         make_dataset.generate_dataset(info.dataset, config.dataset_dir, num_episodes=config.generate_num_episodes,
                                       seed=config.seed, num_workers=max(1, min(4, os.cpu_count() or 1)), **kwargs)
-    window = data.ShardWindow(spec.env_name, config.dataset_dir, spec.sparse, env=env,
-                              budget_bytes=data.device_memory_bytes(), rotate_every=config.shard_rotate_every)
+    free = data.device_memory_bytes()  # None on CPU: hold everything
+    budget = None if free is None else int(config.dataset_memory_fraction * free)
+    window = data.ShardWindow(spec.env_name, config.dataset_dir, spec.sparse, env=env, budget_bytes=budget,
+                              rotate_every=config.shard_rotate_every)
     print(f"Dataset {window.info.dataset}: {window.total_nbytes() / 2**30:.2f} GiB on device in all; "
           f"{'held whole' if window.fits else f'{window.num_windows} windows of {window.nbytes() / 2**30:.2f} GiB'}.")
     return window

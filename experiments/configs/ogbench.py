@@ -38,6 +38,7 @@ def get_config():
     config.save_every = 100_000  # checkpoint every this many steps, and at the end of each phase.
     config.keep_checkpoints = 3  # how many recent checkpoints to keep.
     config.shard_rotate_every = 1_000  # steps between dataset-window rotations (data > device memory).
+    config.dataset_memory_fraction = 0.5  # share of free device memory the dataset may take; beyond, stream.
 
     config.agent = config_dict.ConfigDict()
     config.agent.width = placeholder(int)  # hidden width (4 layers); None: domain table.
