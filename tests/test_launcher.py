@@ -176,3 +176,35 @@ def test_suite_and_shards():
     assert all(len({t.split("-singletask")[0] for t in s}) == 1 for s in slices)  # one domain per job of 10
     with pytest.raises(spec.ConfigError, match="i/n"):
         spec.task_list(config, "10/10")
+
+
+def test_configs_resolve_every_task_with_the_spec_table():
+    from experiments.configs import learning_check, ogbench
+
+    config = ogbench.get_config()
+    config.lock()
+    for env_name in spec.task_list(tiny_config("unused", "unused", suite="ogbench50")):
+        spec.resolve(config, env_name)
+    # Hand-copied rows of SPEC section 10.
+    hm = spec.resolve(config, "humanoidmaze-large-navigate-singletask-task3-v0")
+    assert (hm.horizon, hm.offline.discount, hm.offline.rho, hm.eval_steps) == (1, 0.999, 0.0, 2000)
+    p44 = spec.resolve(config, "puzzle-4x4-play-singletask-task5-v0")
+    assert (p44.offline.hidden_dims, p44.offline.actor_layer_norm, p44.sparse, p44.offline.inv_temp) == (
+        (1024,) * 4, True, True, 30.0)
+    ct = spec.resolve(config, "cube-triple-play-singletask-task1-v0")
+    assert (ct.offline.kl_budget, ct.eval_steps, ct.horizon) == (0.5, 1000, 5)
+    # A user override beats the table; the table value is not written into the config.
+    config.agent.kl_budget = 0.3
+    assert spec.resolve(config, "cube-triple-play-singletask-task1-v0").offline.kl_budget == 0.3
+    assert ogbench.get_config().agent.kl_budget is None
+    spec.resolve(learning_check.get_config())
+
+
+def test_every_config_field_has_a_comment():
+    import glob
+    import re
+
+    for path in glob.glob(os.path.join(ROOT, "experiments", "configs", "*.py")):
+        for line in open(path):
+            if re.match(r"\s*config(\.\w+)+ = ", line):
+                assert "#" in line, f"{os.path.basename(path)}: uncommented field: {line.strip()}"

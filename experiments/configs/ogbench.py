@@ -40,7 +40,7 @@ def get_config():
     config.shard_rotate_every = 1_000  # steps between dataset-window rotations (data > device memory).
     config.dataset_memory_fraction = 0.5  # share of free device memory the dataset may take; beyond, stream.
 
-    config.agent = config_dict.ConfigDict()
+    config.agent = config_dict.ConfigDict()  # the update's hyperparameters (trqam_jax.agent.AgentConfig).
     config.agent.width = placeholder(int)  # hidden width (4 layers); None: domain table.
     config.agent.depth = 4  # number of hidden layers.
     config.agent.actor_layer_norm = placeholder(bool)  # None: domain table.

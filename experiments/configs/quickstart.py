@@ -28,7 +28,7 @@ def get_config():
     config.eval_envs_per_seed = 5  # two rounds of 5 envs per seed.
     config.save_every = 2_000  # checkpoint twice per phase.
     config.agent.width = 128  # small networks for the CPU.
-    config.agent.depth = 2
-    config.agent.num_critics = 4
-    config.agent.batch_size = 128
+    config.agent.depth = 2  # two hidden layers.
+    config.agent.num_critics = 4  # a smaller critic ensemble.
+    config.agent.batch_size = 128  # half the paper's batch.
     return config
