@@ -84,8 +84,6 @@ class Checkpointer:
             except Exception as e:  # orbax raises many types for a damaged step
                 logging.warning("Checkpoint %d in %s is incomplete or corrupted (%s: %s); falling back to "
                                 "the previous one.", step, self.directory, type(e).__name__, str(e)[:200])
-                print(f"WARNING: checkpoint {step} in {self.directory} is unreadable "
-                      f"({type(e).__name__}); falling back to the previous one.")
         if steps:
             raise CheckpointError(f"No readable checkpoint in {self.directory} (steps {steps} all failed to "
                                   "load). Delete the directory to start over.")

