@@ -20,4 +20,8 @@ setup(
         "matplotlib>=3.7",
         "tensorboardX>=2.6",
     ],
+    extras_require={
+        "tensorboard": ["tensorboard>=2.12"],  # to view the logs: tensorboard --logdir runs
+        "wandb": ["wandb>=0.17"],  # config.wandb.project turns it on
+    },
 )

@@ -1,4 +1,4 @@
-"""Speed and memory of the TRQAM update at the reference configuration (SPEC 1-8).
+"""Speed and memory of the TRQAM update at the reference configuration (conventions §1-8).
 
   python -m experiments.benchmark                       # reference sizes, S = 1, 2, 4, 8
   python -m experiments.benchmark --hidden=64 --num_critics=2 --seeds=1,2  # a quick look

@@ -4,19 +4,32 @@ Each checkpoint step holds four items: `state` (the full TrainState), `policy` (
 alone, for evaluation without any training code), `meta` (JSON: config, phase, step, shapes) and,
 in the online phase, `replay` (the per-seed online buffers). Orbax writes each step to a temporary
 directory and renames it when complete, and keeps the newest `keep` steps.
+
+A damaged step (truncated array files, a missing manifest, a leftover temporary directory from a
+kill during a save) is never deleted: it is moved to `<directory>_damaged/` and reported in one
+line, and the previous step is used. Training then runs through the damaged step again.
 """
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not belong to this run."""
+
+
+def quiet_orbax() -> None:
+    """Orbax logs every save and restore at INFO through absl; keep only warnings."""
+    logging.set_verbosity(logging.WARNING)
 
 
 def abstract(tree):
@@ -33,22 +46,78 @@ def flatten(d: Dict, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def config_differences(saved: Dict, current: Dict) -> List[str]:
-    """Names of the config fields whose values differ, as 'field: saved -> current'."""
+def config_differences(saved: Dict, current: Dict, ignore=()) -> List[str]:
+    """The config fields whose values differ, as 'field: saved -> current' (fields in `ignore` skipped)."""
     a, b = flatten(saved), flatten(json.loads(json.dumps(current)))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in ignore]
+
+
+def _ignore_closed_event_loop() -> None:
+    """A failed tensorstore read inside an orbax restore leaves callbacks that fire after orbax's event
+    loop has closed; Python then prints a 'RuntimeError: Event loop is closed' traceback for each. The
+    damage is already reported in one line, so drop exactly these (everything else goes through)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int = 3):
+    def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.keep, self.read_only = keep, read_only
+        if not read_only:
+            self._move_aside_leftovers()
+        self.manager = self._open()
+
+    def _open(self):
+        # Saves block anyway (the caller waits for each), so skip orbax's async thread and event loop:
+        # nothing is left running when a run stops on an error or a signal.
+        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=not self.read_only,
+                                               enable_async_checkpointing=False, read_only=self.read_only)
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    @property
+    def damaged_dir(self) -> str:
+        return self.directory.rstrip(os.sep) + "_damaged"
+
+    def _move_aside(self, name: str, reason: str, why: str = "is damaged") -> str:
+        os.makedirs(self.damaged_dir, exist_ok=True)
+        target = os.path.join(self.damaged_dir, f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        while os.path.exists(target):
+            target += "_"
+        os.replace(os.path.join(self.directory, name), target)
+        _say(f"Checkpoint {name} in {self.directory} {why} ({reason}); moved it to {target}.")
+        return target
+
+    def _move_aside_leftovers(self) -> None:
+        """A save killed half-way leaves a temporary directory; orbax would trip over it later."""
+        if not os.path.isdir(self.directory):
+            return
+        for name in sorted(os.listdir(self.directory)):
+            if TMP_MARKER in name:
+                self._move_aside(name, "a save that never finished", why="is left over")
 
     def steps(self) -> List[int]:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, meta: Dict, replay=None) -> None:
+        if step in self.steps():  # only after a fallback past this step: keep the old copy aside
+            self.manager.close()
+            self._move_aside(str(step), "a new save of the same step", why="is superseded")
+            self.manager = self._open()
         items = dict(state=ocp.args.StandardSave(state), policy=ocp.args.StandardSave(state.actor),
                      meta=ocp.args.JsonSave({**meta, "has_replay": replay is not None}))
         if replay is not None:
@@ -59,35 +128,70 @@ class Checkpointer:
     def read_meta(self, step: int) -> Dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
-    def restore(self, state_like, replay_like=None, items=("state", "replay"), step: Optional[int] = None):
+    def restore(self, state_like: Union[Any, Callable[[Dict], Any]], replay_like=None,
+                items=("state", "replay"), step: Optional[int] = None,
+                check_meta: Optional[Callable[[Dict], None]] = None):
         """(step, state, replay, meta) of the newest readable checkpoint, or None if there is none.
 
-        An incomplete or corrupted newest checkpoint is reported and the previous one is used.
+        A damaged newest checkpoint is reported in one line, moved aside (unless read-only), and the
+        previous one is used. When every step is damaged (and moved aside) the result is None: the
+        caller starts over. Read-only, it raises CheckpointError instead.
+        state_like: the target tree, or a function of the step's meta that returns it.
         items: which trees to read; ("policy",) reads the actor params alone (state_like = actor).
         step: read this step only.
+        check_meta: called with the meta before any array is read; what it raises propagates (use it
+          to refuse a checkpoint made with other settings, which is not damage).
         """
         steps = self.steps() if step is None else [step]
+        failed = []
+        _ignore_closed_event_loop()
         for step in reversed(steps):
             try:
                 meta = self.read_meta(step)
+            except Exception as e:  # orbax raises many types for a damaged step
+                self._damaged(step, e)
+                failed.append(step)
+                continue
+            if check_meta is not None:
+                check_meta(meta)
+            try:
+                like = state_like(meta) if callable(state_like) else state_like
                 args = {}
                 if "state" in items:
-                    args["state"] = ocp.args.StandardRestore(abstract(state_like))
+                    args["state"] = ocp.args.StandardRestore(abstract(like))
                 if "policy" in items:
-                    args["policy"] = ocp.args.StandardRestore(abstract(state_like))
+                    args["policy"] = ocp.args.StandardRestore(abstract(like))
                 if "replay" in items and meta.get("has_replay") and replay_like is not None:
-                    args["replay"] = ocp.args.StandardRestore(abstract(replay_like))
+                    replay_target = replay_like(meta) if callable(replay_like) else replay_like
+                    args["replay"] = ocp.args.StandardRestore(abstract(replay_target))
                 out = self.manager.restore(step, args=ocp.args.Composite(**args))
-                tree = out.state if "state" in items else out.policy
-                replay = out.replay if "replay" in args else None
-                return step, tree, replay, meta
-            except Exception as e:  # orbax raises many types for a damaged step
-                logging.warning("Checkpoint %d in %s is incomplete or corrupted (%s: %s); falling back to "
-                                "the previous one.", step, self.directory, type(e).__name__, str(e)[:200])
-        if steps:
-            raise CheckpointError(f"No readable checkpoint in {self.directory} (steps {steps} all failed to "
-                                  "load). Delete the directory to start over.")
+            except Exception as e:
+                self._damaged(step, e)
+                failed.append(step)
+                continue
+            tree = out.state if "state" in items else out.policy
+            replay = out.replay if "replay" in args else None
+            if failed:
+                _say(f"Using checkpoint step {step} in {self.directory}.")
+            return step, tree, replay, meta
+        if failed and self.read_only:
+            raise CheckpointError(f"No readable checkpoint in {self.directory}: steps {sorted(failed)} are damaged.")
         return None
+
+    def _damaged(self, step: int, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
+        if self.read_only:
+            _say(f"Checkpoint {step} in {self.directory} is damaged ({reason}); trying the previous one.")
+            return
+        self.manager.close()
+        self._move_aside(str(step), reason)
+        self.manager = self._open()
 
     def close(self) -> None:
         self.manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,4 +1,4 @@
-"""Loading OGBench single-task data (SPEC sections 9 and 10): files, checks, shards, device arrays.
+"""Loading OGBench single-task data (conventions §9 and §10): files, checks, shards, device arrays.
 
 The IO side of `trqam_jax.chunks`. Main entry points:
 
@@ -6,7 +6,7 @@ The IO side of `trqam_jax.chunks`. Main entry points:
 * `find_dataset_files(env_name, dataset_dir)`: the files the protocol needs; raises
   `DatasetMissingError` (fast, before anything from ogbench runs) when they are absent.
 * `load_dataset(env_name, dataset_dir, sparse)`: env + train/val numpy dicts, like
-  `ogbench.make_env_and_datasets`, but never downloads, and with SPEC 9's post-processing (action
+  `ogbench.make_env_and_datasets`, but never downloads, and with conventions §9's post-processing (action
   clipping, optional sparse rewards). Sharded (10M/100M) datasets are concatenated.
 * `ShardWindow`: the offline data for the training loop: the whole dataset on device when it fits,
   otherwise a window of shards rotated every `rotate_every` steps.
@@ -30,6 +30,7 @@ import glob
 import os
 import re
 import zipfile
+import zlib
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -53,8 +54,12 @@ class UnknownEnvError(DataError, ValueError):
     """The env id does not name a supported OGBench single-task env."""
 
 
+class DatasetDamagedError(DataError, ValueError):
+    """A dataset file is on disk but cannot be read (truncated, empty, corrupted)."""
+
+
 # --------------------------------------------------------------------------------------------
-# Domains (SPEC 10, plus cube-single-play for quick tests).
+# Domains (conventions §10, plus cube-single-play for quick tests).
 # --------------------------------------------------------------------------------------------
 
 
@@ -165,6 +170,87 @@ def _generation_hint(info: EnvInfo, dataset_dir: str, dataset_name: str) -> str:
     return hint
 
 
+# Errors that reading a damaged .npz raises (numpy, zipfile, zlib); a file is only blamed after
+# `_damage` confirms it, so other errors of these types pass through unchanged.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+
+
+def _damage(path: str, full: bool = False) -> Optional[str]:
+    """Why `path` is not a readable .npz (None if it is). Cheap by default (the zip directory);
+    full=True also reads every member and checks its CRC."""
+    try:
+        if os.path.getsize(path) == 0:
+            return 'it is empty (0 bytes)'
+        with zipfile.ZipFile(path) as zf:
+            if full:
+                bad = zf.testzip()
+                if bad is not None:
+                    return f'member {bad} fails its CRC check'
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        reason = str(e).strip() or type(e).__name__
+        return f'it is truncated or corrupted ({reason}; {os.path.getsize(path)} bytes)' if os.path.exists(path) \
+            else f'it cannot be read ({reason})'
+    return None
+
+
+def _repair_hint(path: str, info: EnvInfo, dataset_dir: str) -> str:
+    """One line: how to get a good copy of the dataset file at `path`."""
+    if info.spec.navigation:
+        where = f'into {os.path.dirname(path)}'
+        if info.domain == 'antmaze-giant-navigate' and os.path.basename(os.path.dirname(path)) != \
+                os.path.basename(dataset_dir):
+            source = ('the TRQAM authors\' 10M release (Hugging Face dataset yonghoon96/antmaze-giant-navigate-10m-v0)')
+        else:
+            source = (f'ogbench (python -c "import ogbench; ogbench.download_datasets([\'{info.dataset}\'], '
+                      f'dataset_dir=\'{dataset_dir}\')")')
+        return (f'Navigation datasets cannot be regenerated offline: download it again from {source} on a '
+                f'machine with internet and copy it {where}.')
+    shard = re.fullmatch(re.escape(info.dataset) + r'-(\d{3})(?:-val)?\.npz', os.path.basename(path))
+    if shard is None:
+        return ('Regenerate it with: python -m experiments.make_dataset '
+                f'--dataset={info.dataset} --dataset_dir={dataset_dir} --overwrite')
+    index = int(shard.group(1))
+    release = os.path.basename(os.path.dirname(path))
+    if release not in (f'{info.domain}-10m-v0', f'{info.domain}-100m-v0'):
+        release = f'{info.domain}-100m-v0'
+    hint = ('Regenerate it with: python -m experiments.make_dataset '
+            f'--dataset={release} --dataset_dir={dataset_dir} --shard_start={index} --num_shards=1 --overwrite')
+    generated = os.path.join(dataset_dir, release, os.path.basename(path))
+    if os.path.abspath(generated) != os.path.abspath(path):
+        hint += f' and copy {generated} over it'
+    return hint
+
+
+def damaged_file_error(path: str, env_name: str, dataset_dir: str, reason: str) -> 'DatasetDamagedError':
+    """The one-line error for a dataset file that exists but cannot be read."""
+    info = parse_env_name(env_name)
+    dataset_dir = os.path.abspath(os.path.expanduser(dataset_dir))
+    return DatasetDamagedError(
+        f'dataset file {path} cannot be loaded: {reason}. {_repair_hint(path, info, dataset_dir)} '
+        '(or restore the file from a good copy).'
+    )
+
+
+def check_files_readable(paths: Sequence[str], env_name: str, dataset_dir: str, full: bool = False) -> None:
+    """Raises DatasetDamagedError, naming the file and how to regenerate or download it, for the first
+    of `paths` that is not a readable .npz (zero bytes, truncated; with full=True also bad CRCs)."""
+    for path in paths:
+        reason = _damage(path, full)
+        if reason is not None:
+            raise damaged_file_error(path, env_name, dataset_dir, reason)
+
+
+def _blame(paths: Sequence[str], env_name: str, dataset_dir: str, error: BaseException) -> None:
+    """After a read error: raise DatasetDamagedError for the damaged file among `paths`, if one is."""
+    for path in paths:
+        if path is None:
+            continue
+        reason = _damage(path, full=True)
+        if reason is not None:
+            raise damaged_file_error(path, env_name, dataset_dir, reason) from None
+    raise error
+
+
 def _shard_paths(directory: str) -> List[str]:
     return [p for p in sorted(glob.glob(os.path.join(directory, '*.npz'))) if not p.endswith('-val.npz')]
 
@@ -174,10 +260,10 @@ def find_dataset_files(
     dataset_dir: str = DEFAULT_DATASET_DIR,
     standard: bool = False,
 ) -> DatasetFiles:
-    """The files the protocol's dataset needs (SPEC 10), checked on disk. Fast; never downloads.
+    """The files the protocol's dataset needs (conventions §10), checked on disk. Fast; never downloads.
 
     standard: use the standard 1M file `<domain>-v0.npz` even where the protocol uses 10M/100M
-      (a deviation from SPEC 10, e.g. for quick tests).
+      (a deviation from conventions §10, e.g. for quick tests).
     Raises UnknownEnvError or DatasetMissingError (naming the missing files and how to get them).
     """
     info = parse_env_name(env_name)
@@ -192,6 +278,7 @@ def find_dataset_files(
                 f'dataset {info.dataset} for {env_name} not found: missing {", ".join(missing)}.\n'
                 + _generation_hint(info, dataset_dir, info.dataset)
             )
+        check_files_readable((train, val), env_name, dataset_dir)
         return DatasetFiles((train,), val, False, dataset_dir)
 
     found = []
@@ -206,6 +293,7 @@ def find_dataset_files(
                 if os.path.isfile(cand):
                     val = cand
                     break
+            check_files_readable(shards + ([val] if val else []), env_name, dataset_dir)
             return DatasetFiles(tuple(shards), val, True, directory)
     main_dir = os.path.join(dataset_dir, spec.shard_dirs[0])
     last = spec.num_shards - 1
@@ -219,12 +307,18 @@ def find_dataset_files(
 
 def _npz_shape(path: str, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
     """Shape and dtype of one array of an .npz, read from its header only (no data is loaded)."""
-    with zipfile.ZipFile(path) as zf, zf.open(key + '.npy') as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(key + '.npy') as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        reason = _damage(path)
+        if reason is None:
+            raise
+        raise DatasetDamagedError(f'dataset file {path} cannot be loaded: {reason}.') from None
     return shape, dtype
 
 
@@ -268,13 +362,13 @@ def device_memory_bytes(device=None) -> Optional[int]:
 
 
 def sparsify_rewards(rewards):
-    """SPEC 9 sparse option (scene, puzzles): r <- -1 if r != 0 else 0. Apply it to online rewards too."""
+    """conventions §9 sparse option (scene, puzzles): r <- -1 if r != 0 else 0. Apply it to online rewards too."""
     rewards = np.asarray(rewards)
     return np.where(rewards != 0, -1.0, 0.0).astype(np.float32)
 
 
 def postprocess(dataset: Dict[str, np.ndarray], sparse: bool = False, action_clip_eps: float = ACTION_CLIP_EPS):
-    """SPEC 9 post-processing of an ogbench dataset dict (already relabeled): keeps the six
+    """conventions §9 post-processing of an ogbench dataset dict (already relabeled): keeps the six
     transition keys as float32, clips actions to [-1 + eps, 1 - eps], and sparsifies rewards."""
     missing = [k for k in KEYS if k not in dataset]
     if missing:
@@ -302,14 +396,22 @@ def make_env(env_name: str, seed: int = 0, **env_kwargs):
     return env
 
 
+def _in_shard_dir(path: str, info: EnvInfo) -> bool:
+    return os.path.basename(os.path.dirname(path)) in info.spec.shard_dirs
+
+
 def load_shard(path: str, env_name: str, env, sparse: bool = False, action_clip_eps: float = ACTION_CLIP_EPS):
     """One raw OGBench npz (e.g. a shard) -> post-processed numpy dict. Same processing as
-    `ogbench.make_env_and_datasets` (next_observations, task relabeling with `env`), then SPEC 9."""
+    `ogbench.make_env_and_datasets` (next_observations, task relabeling with `env`), then conventions §9."""
     import ogbench
     from ogbench.relabel_utils import relabel_dataset
 
     info = parse_env_name(env_name)
-    ds = ogbench.load_dataset(path, compact_dataset=False, add_info=True)
+    try:
+        ds = ogbench.load_dataset(path, compact_dataset=False, add_info=True)
+    except _READ_ERRORS as e:
+        _blame([path], env_name, os.path.dirname(os.path.dirname(path)) if _in_shard_dir(path, info)
+               else os.path.dirname(path), e)
     relabel_dataset(info.ogbench_env, env, ds)
     return postprocess(ds, sparse, action_clip_eps)
 
@@ -355,7 +457,7 @@ def load_dataset(
     standard: bool = False,
     shards: Optional[Sequence[int]] = None,
 ):
-    """OGBench single-task data with SPEC 9's post-processing, never downloading.
+    """OGBench single-task data with conventions §9's post-processing, never downloading.
 
     Returns (env, train, val), or (train, val) with dataset_only, or env with env_only (the same
     switches as `ogbench.make_env_and_datasets`). train/val are numpy dicts with keys
@@ -373,9 +475,12 @@ def load_dataset(
     if not files.sharded:
         import ogbench
 
-        train, val = ogbench.make_env_and_datasets(
-            env_name, dataset_dir=files.directory, dataset_only=True, cur_env=env
-        )
+        try:
+            train, val = ogbench.make_env_and_datasets(
+                env_name, dataset_dir=files.directory, dataset_only=True, cur_env=env
+            )
+        except _READ_ERRORS as e:
+            _blame([*files.train, files.val], env_name, files.directory, e)
         train, val = postprocess(train, sparse, action_clip_eps), postprocess(val, sparse, action_clip_eps)
     else:
         paths = files.train if shards is None else [files.train[i] for i in shards]
@@ -395,7 +500,7 @@ def to_device(dataset: Dict[str, np.ndarray], capacity: Optional[int] = None, de
 
 
 class ShardWindow:
-    """Offline `ChunkData` for the training loop (SPEC 9/10).
+    """Offline `ChunkData` for the training loop (conventions §9/10).
 
     When the whole dataset fits (`shards_per_window` >= number of files, the default when the
     budget allows or is unknown for a 1M file), it is loaded once and never changes. Otherwise the

@@ -1,4 +1,4 @@
-"""Vectorised evaluation and online env stepping for S seeds at once (SPEC sections 9 and 10).
+"""Vectorised evaluation and online env stepping for S seeds at once (conventions §9 and §10).
 
 Evaluation runs S seeds x E episodes in one `gymnasium.vector` env of S*E OGBench single-task envs
 (sub-env index = s * E + e): seed s's policy acts on its own E envs, every env plays exactly one
@@ -7,7 +7,7 @@ by the episode end). Success is the `success` flag in the info of an episode's f
 memory (about 150 MB per env), the E episodes can run in rounds of E_r on S*E_r envs.
 
 Online RL keeps one env per seed (`OnlineEnvs`) and yields single-step transitions in the dataset
-convention (SPEC section 9), ready for a per-seed replay buffer.
+convention (conventions §9), ready for a per-seed replay buffer.
 
 OGBench single-task envs (`success_timing='pre'`) compute reward, success and termination from the
 state *before* the action, which is exactly the dataset relabeling: for the transition
@@ -15,9 +15,15 @@ state *before* the action, which is exactly the dataset relabeling: for the tran
 the episode terminates (terminated=True) on the step taken from a solved state, so
 mask_t = 1 - terminated_t = 1 - success(s_t).
 
+Evaluation beside training: `BackgroundEvaluator` keeps one `Evaluator` (async by default, sized to
+the free CPU cores) and runs submitted evaluations on a background thread, in submission order, while
+the caller keeps training. The worker processes of async vector envs die with their parent process,
+kill -9 included (Linux: prctl PR_SET_PDEATHSIG).
+
 This module imports JAX lazily, so the env worker processes of an async vector env do not load it.
 
-Speed benchmark: `python -m experiments.evaluation --benchmark` (see `--help`).
+Speed benchmark: `python -m experiments.evaluation --benchmark` (see `--help`); with `--workers` it
+prints env steps/s against the number of async worker processes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import argparse
 import collections
 import functools
 import gc
+import os
+import threading
 import time
 import warnings
 from typing import Any, Callable, NamedTuple, Optional
@@ -79,6 +87,62 @@ def make_env(env_name: str, max_episode_steps: Optional[int] = None) -> gymnasiu
         return ogbench.make_env_and_datasets(env_name, env_only=True, **kwargs)
 
 
+def _process_start_time(pid: int) -> Optional[int]:
+    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None if it is gone
+    or a zombie. With the pid, it names a process uniquely (pids are reused, start times are not)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ('Z', 'X') else int(fields[19])
+
+
+def _owner_alive(owner_pid: int, owner_start: Optional[int]) -> bool:
+    if owner_start is None:  # no /proc: fall back on the pid alone
+        from experiments.make_dataset import _pid_alive
+
+        return _pid_alive(owner_pid)
+    return _process_start_time(owner_pid) == owner_start
+
+
+def _die_with_owner(owner_pid: int, owner_start: Optional[int], poll_seconds: float = 0.2) -> None:
+    """In an env worker process: end this process when the owner (the process that built the vector
+    env) dies, kill -9 included.
+
+    `make_dataset._die_with_parent` arms PDEATHSIG (SIGKILL from the kernel when the parent dies) and
+    watches the parent pid. That suffices for the 'fork' and 'spawn' contexts, where the parent is the
+    owner. With 'forkserver' the parent is the forkserver, which outlives the owner (every worker holds
+    its liveness pipe), so a daemon thread also watches the owner itself. An idle worker also ends on
+    its own when the owner's pipe end closes, unless another process (e.g. a forked child of the owner)
+    still holds it.
+    """
+    from experiments.make_dataset import _die_with_parent
+
+    _die_with_parent(os.getppid())
+    if os.getppid() == owner_pid:
+        return
+    if not _owner_alive(owner_pid, owner_start):  # died before we started watching
+        os._exit(1)
+
+    def watch() -> None:
+        while _owner_alive(owner_pid, owner_start):
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name='owner-watchdog', daemon=True).start()
+
+
+def _make_worker_env(
+    env_name: str, max_episode_steps: Optional[int], owner_pid: int, owner_start: Optional[int] = None
+) -> gymnasium.Env:
+    """The env factory of async vector envs: in a worker process, first tie the worker's life to the
+    owner's (see `_die_with_owner`), then build the env."""
+    if os.getpid() != owner_pid:
+        _die_with_owner(owner_pid, owner_start)
+    return make_env(env_name, max_episode_steps)
+
+
 def make_vector_env(
     env_name: str,
     num_envs: int,
@@ -88,11 +152,18 @@ def make_vector_env(
     autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP,
     context: Optional[str] = DEFAULT_ASYNC_CONTEXT,
 ) -> gymnasium.vector.VectorEnv:
-    """`num_envs` copies of the env in a gymnasium Sync or Async (one process per env) vector env."""
-    env_fns = [functools.partial(make_env, env_name, max_episode_steps)] * num_envs
+    """`num_envs` copies of the env in a gymnasium Sync or Async (one process per env) vector env.
+
+    Async worker processes die with the process that built the vector env (see `_die_with_owner`).
+    With the 'fork' and 'spawn' contexts, Linux ties PDEATHSIG to the building *thread*, so build async
+    envs on a long-lived thread (the main one); the default 'forkserver' has no such caveat.
+    """
     if vectorization == 'sync':
+        env_fns = [functools.partial(make_env, env_name, max_episode_steps)] * num_envs
         return SyncVectorEnv(env_fns, autoreset_mode=autoreset_mode)
     if vectorization == 'async':
+        owner = (os.getpid(), _process_start_time(os.getpid()))
+        env_fns = [functools.partial(_make_worker_env, env_name, max_episode_steps, *owner)] * num_envs
         return AsyncVectorEnv(env_fns, context=context, autoreset_mode=autoreset_mode)
     raise ValueError(f'vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}.')
 
@@ -149,6 +220,10 @@ class EvalResult(NamedTuple):
     wall_time: float  # seconds spent in `run`, policy calls included
 
 
+class EvaluationCancelled(Exception):
+    """Raised inside `Evaluator.run` when a `BackgroundEvaluator` is closed mid-evaluation."""
+
+
 # act_fn(observations (S, E, O) float32, key) -> actions (S, E, H', A) with H' >= horizon (or (S, E, A)
 # when horizon == 1). With `with_infos=True` it is called as act_fn(observations, key, infos), infos a
 # dict of arrays (S, E, ...) (privileged state for scripted oracles).
@@ -199,6 +274,9 @@ class Evaluator:
         space = self.envs.single_action_space
         self.action_dim = int(np.prod(space.shape))
         self.observation_dim = int(np.prod(self.envs.single_observation_space.shape))
+        # Set by `BackgroundEvaluator`: when this event is set, `run` stops at the next env step and
+        # raises `EvaluationCancelled`.
+        self._cancel: Optional[threading.Event] = None
         self._low = np.asarray(space.low, np.float32)
         self._high = np.asarray(space.high, np.float32)
 
@@ -280,6 +358,8 @@ class Evaluator:
             chunk = np.clip(chunk.reshape(N, chunk.shape[2], A), self._low, self._high)
 
             for k in range(horizon):  # open loop
+                if self._cancel is not None and self._cancel.is_set():
+                    raise EvaluationCancelled('evaluation cancelled')
                 obs, rewards, terminated, truncated, infos = self.envs.step(chunk[:, k])
                 env_steps += N
                 active = ~finished
@@ -336,11 +416,237 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------
+# Evaluation beside training.
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """Env worker processes for background evaluation: every core but one (kept for training)."""
+    return max(1, available_cpus() - 1)
+
+
+def background_episodes_per_round(num_seeds: int, num_episodes: int, num_workers: int) -> int:
+    """The largest divisor E_r of `num_episodes` with num_seeds * E_r <= num_workers (at least 1)."""
+    fits = [d for d in range(1, int(num_episodes) + 1) if num_episodes % d == 0 and num_seeds * d <= num_workers]
+    return max(fits, default=1)
+
+
+class _Job(NamedTuple):
+    step: int
+    params: Any
+    seed: int
+    key: Any
+
+
+class BackgroundEvaluator:
+    """Evaluations of S seeds x E episodes on a background thread, beside training.
+
+    One `Evaluator` is built here (in the calling thread, blocking for the env builds) and reused by
+    every evaluation. With vectorization='async' (the default) its S * E_r envs run in S * E_r worker
+    processes, E_r = `background_episodes_per_round(S, E, num_workers)`, `num_workers` defaulting to
+    every CPU core but one; the E episodes run in E / E_r rounds, so memory stays bounded.
+
+    `submit(step, params, seed, key)` copies `params` to host memory (`jax.device_get`) and returns at
+    once. A single thread runs the evaluations in submission order, each exactly as
+    `Evaluator.run(functools.partial(act_fn, params), seed=seed, horizon=horizon, key=key)`, so the
+    results equal those of a blocking sync `Evaluator` with the same E_r, seeds and keys.
+    `poll()` returns the finished `(step, EvalResult)` pairs in submission order (an earlier step is
+    always returned before a later one), `wait()` blocks until all submitted work is done and returns
+    the rest, `pending()` lists the steps submitted but not yet returned, and `waited_s` is the total
+    time the caller spent blocked in `wait()`. An exception raised by an evaluation is re-raised by the
+    next `poll()` / `wait()` (and `submit()`), and again at every later call; the evaluations queued
+    after it do not run, and finished results not yet returned are dropped. `close()`
+    cancels the evaluations not started, stops the running one at its next env step, and closes the
+    envs; it does not wait for any evaluation to finish.
+
+        evaluator = BackgroundEvaluator(env_name, S, E, act_fn=policy, horizon=H)
+        for step in ...:
+            train...
+            if step % eval_every == 0:
+                evaluator.submit(step, actor_params, seed=step, key=eval_key)
+            for done_step, result in evaluator.poll():
+                log(done_step, result)
+        for done_step, result in evaluator.wait():
+            log(done_step, result)
+        evaluator.close()
+    """
+
+    def __init__(
+        self,
+        env_name: str,
+        num_seeds: int,
+        num_episodes: int,
+        *,
+        act_fn: Callable[[Any, np.ndarray, Any], Any],
+        horizon: int,
+        max_episode_steps: Optional[int] = None,
+        episodes_per_round: Optional[int] = None,
+        vectorization: str = 'async',
+        num_workers: Optional[int] = None,
+        context: Optional[str] = DEFAULT_ASYNC_CONTEXT,
+        close_timeout_s: float = 30.0,
+    ):
+        self.num_workers = default_num_workers() if num_workers is None else max(1, int(num_workers))
+        if episodes_per_round is None:
+            episodes_per_round = background_episodes_per_round(num_seeds, num_episodes, self.num_workers)
+        self.act_fn = act_fn
+        self.horizon = int(horizon)
+        self.close_timeout_s = float(close_timeout_s)
+        self.evaluator = Evaluator(
+            env_name,
+            num_seeds,
+            num_episodes,
+            max_episode_steps=max_episode_steps,
+            episodes_per_round=episodes_per_round,
+            vectorization=vectorization,
+            context=context,
+        )
+        self.waited_s = 0.0
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Job] = collections.deque()  # submitted, not started
+        self._running: Optional[int] = None  # the step being evaluated
+        self._done: collections.deque = collections.deque()  # (step, EvalResult), not yet returned
+        self._pending: collections.deque[int] = collections.deque()  # submitted, not yet returned
+        self._error: Optional[BaseException] = None
+        self._closed = False
+        self._cancel = threading.Event()
+        self.evaluator._cancel = self._cancel
+        self._thread = threading.Thread(target=self._loop, name='background-evaluation', daemon=True)
+        self._thread.start()
+
+    @property
+    def episodes_per_round(self) -> int:
+        return self.evaluator.episodes_per_round
+
+    def submit(self, step: int, params: Any, seed: int, key: Any = None) -> None:
+        """Queue an evaluation of `params` (copied to host now); returns at once."""
+        import jax
+
+        self._raise_error()
+        if self._closed:
+            raise RuntimeError('BackgroundEvaluator.submit after close().')
+        job = _Job(int(step), jax.device_get(params), int(seed), key)
+        with self._cond:
+            self._queue.append(job)
+            self._pending.append(job.step)
+            self._cond.notify_all()
+
+    def poll(self) -> list[tuple[int, EvalResult]]:
+        """The evaluations finished since the last poll/wait, in submission order; never blocks."""
+        self._raise_error()
+        with self._cond:
+            return self._take()
+
+    def wait(self) -> list[tuple[int, EvalResult]]:
+        """Block until every submitted evaluation is done; return the ones not yet returned."""
+        start = time.perf_counter()
+        try:
+            with self._cond:
+                while (
+                    (self._queue or self._running is not None)
+                    and self._error is None
+                    and self._thread.is_alive()
+                ):
+                    self._cond.wait()
+        finally:
+            self.waited_s += time.perf_counter() - start
+        self._raise_error()
+        with self._cond:
+            return self._take()
+
+    def pending(self) -> list[int]:
+        """The steps submitted and not yet returned by poll/wait (queued, running or finished)."""
+        with self._cond:
+            return list(self._pending)
+
+    def close(self) -> None:
+        """Cancel queued evaluations, stop the running one, close the envs. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.clear()
+            self._cancel.set()
+            self._cond.notify_all()
+        self._thread.join(self.close_timeout_s)
+        if self._thread.is_alive():
+            # The running evaluation is stuck in the policy (or in an env step): kill the workers; the
+            # daemon thread ends with an error nobody reads.
+            envs = self.evaluator.envs
+            if isinstance(envs, AsyncVectorEnv):
+                for process in envs.processes:
+                    if process.is_alive():
+                        process.kill()
+        else:
+            self.evaluator.close()
+
+    def __enter__(self) -> 'BackgroundEvaluator':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # Internals.
+
+    def _take(self) -> list[tuple[int, EvalResult]]:
+        out = list(self._done)
+        self._done.clear()
+        for _ in out:
+            self._pending.popleft()
+        return out
+
+    def _raise_error(self) -> None:
+        error = self._error
+        if error is not None:
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._queue.popleft()
+                self._running = job.step
+            try:
+                result = self.evaluator.run(
+                    functools.partial(self.act_fn, job.params),
+                    seed=job.seed,
+                    horizon=self.horizon,
+                    key=job.key,
+                )
+            except EvaluationCancelled:
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+                return
+            except BaseException as e:  # re-raised in the caller by poll/wait/submit
+                with self._cond:
+                    if not self._closed:
+                        self._error = e
+                    self._running = None
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._done.append((job.step, result))
+                self._running = None
+                self._cond.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------------
 # Online env stepping.
 
 
 class Transition(NamedTuple):
-    """One env step for each of S seeds, in the dataset convention (SPEC section 9).
+    """One env step for each of S seeds, in the dataset convention (conventions §9).
 
     The field order is that of `trqam_jax.chunks.Transitions` (masks before terminals).
     """
@@ -434,7 +740,7 @@ class OnlineEnvs:
         next_obs, rewards, terminated, truncated, infos = self.envs.step(action)
         next_obs = np.asarray(next_obs, np.float32).reshape(S, -1)
         rewards = np.asarray(rewards, np.float32)
-        if self.sparse:  # SPEC 9: r <- -1 if r != 0 else 0
+        if self.sparse:  # conventions §9: r <- -1 if r != 0 else 0
             rewards = np.where(rewards != 0, -1.0, 0.0).astype(np.float32)
         done = np.asarray(terminated | truncated)
         transition = Transition(
@@ -493,36 +799,78 @@ def random_act_fn(num_seeds: int, num_episodes: int, horizon: int, action_dim: i
     return lambda observations, key: sample(key)
 
 
+def _parse_workers(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; 'auto' -> 1, 2, 4, ... up to the CPU count (which is included)."""
+    if text == 'auto':
+        cpus = available_cpus()
+        counts = [2**i for i in range(cpus.bit_length()) if 2**i <= cpus]
+        return counts + ([cpus] if counts[-1] != cpus else [])
+    counts = [int(x) for x in text.split(',') if x.strip()]
+    if not counts or min(counts) < 1:
+        raise ValueError(f'wants positive integers, got {text!r}.')
+    return counts
+
+
+def _time_evaluator(args: argparse.Namespace, num_seeds: int, num_episodes: int, vectorization: str):
+    """Build an evaluator, warm it up, time `args.repeats` runs: (num_envs, T, build s, best s, result)."""
+    H = args.horizon
+    t0 = time.perf_counter()
+    evaluator = Evaluator(
+        args.env_name,
+        num_seeds,
+        num_episodes,
+        max_episode_steps=args.max_episode_steps,
+        episodes_per_round=args.episodes_per_round if not args.workers else None,
+        vectorization=vectorization,
+    )
+    build = time.perf_counter() - t0
+    act_fn = random_act_fn(num_seeds, evaluator.episodes_per_round, H, evaluator.action_dim)
+    num_envs, max_steps = evaluator.envs.num_envs, evaluator.max_episode_steps
+    with evaluator:
+        evaluator.run(act_fn, 0, H)  # warm-up (jit, worker caches)
+        times = []
+        for rep in range(args.repeats):
+            result = evaluator.run(act_fn, rep + 1, H)
+            times.append(result.wall_time)
+    del evaluator  # free the envs (about 150 MB each) before building the next set
+    gc.collect()
+    return num_envs, max_steps, build, min(times), result
+
+
 def _benchmark(args: argparse.Namespace) -> None:
     S, E, H = args.num_seeds, args.num_episodes, args.horizon
     for vectorization in args.vectorization:
-        t0 = time.perf_counter()
-        evaluator = Evaluator(
-            args.env_name,
-            S,
-            E,
-            max_episode_steps=args.max_episode_steps,
-            episodes_per_round=args.episodes_per_round,
-            vectorization=vectorization,
-        )
-        build = time.perf_counter() - t0
-        act_fn = random_act_fn(S, evaluator.episodes_per_round, H, evaluator.action_dim)
-        num_envs, max_steps = evaluator.envs.num_envs, evaluator.max_episode_steps
-        with evaluator:
-            evaluator.run(act_fn, 0, H)  # warm-up (jit, worker caches)
-            times = []
-            for rep in range(args.repeats):
-                result = evaluator.run(act_fn, rep + 1, H)
-                times.append(result.wall_time)
-        del evaluator  # free the envs (about 150 MB each) before building the next set
-        gc.collect()
-        best = min(times)
+        num_envs, max_steps, build, best, result = _time_evaluator(args, S, E, vectorization)
         print(
             f'{vectorization:5s} S={S} E={E} ({num_envs} envs) H={H} T={max_steps}: build {build:.1f} s, '
             f'run {best:.2f} s (best of {args.repeats}), {result.env_steps / best:,.0f} env steps/s, '
             f'success {result.success_rate.mean():.2f}',
             flush=True,
         )
+
+
+def _benchmark_workers(args: argparse.Namespace) -> None:
+    """Env steps/s against the number of async worker processes (one env each), and sync in-process.
+
+    Each row runs one episode on each of `workers` envs (1 seed x `workers` episodes, one round) with
+    a random policy; the sync row runs max(workers) envs in this process.
+    """
+    counts = args.workers
+    print(
+        f'env {args.env_name}, {available_cpus()} CPUs, H={args.horizon}, random policy, '
+        f'best of {args.repeats} after a warm-up run',
+        flush=True,
+    )
+    print(f'{"mode":>5s} {"workers":>7s} {"envs":>5s} {"T":>4s} {"build s":>7s} {"run s":>6s} '
+          f'{"env steps/s":>11s} {"per worker":>10s}', flush=True)
+    rows = [('sync', max(counts))] + [('async', n) for n in counts]
+    for vectorization, n in rows:
+        num_envs, max_steps, build, best, result = _time_evaluator(args, 1, n, vectorization)
+        workers = 0 if vectorization == 'sync' else num_envs
+        rate = result.env_steps / best
+        per_worker = f'{rate / workers:10,.0f}' if workers else f'{"-":>10s}'
+        print(f'{vectorization:>5s} {workers:7d} {num_envs:5d} {max_steps:4d} {build:7.1f} {best:6.2f} '
+              f'{rate:11,.0f} {per_worker}', flush=True)
 
 
 def main(argv=None) -> None:
@@ -536,10 +884,25 @@ def main(argv=None) -> None:
     parser.add_argument('--episodes_per_round', type=int, default=None)
     parser.add_argument('--vectorization', nargs='+', default=list(VECTORIZATIONS), choices=VECTORIZATIONS)
     parser.add_argument('--repeats', type=int, default=1)
+    parser.add_argument(
+        '--workers',
+        nargs='?',
+        const='auto',
+        default=None,
+        help='env steps/s against async worker processes, e.g. --workers=1,2,4; bare --workers: '
+        '1, 2, 4, ... up to the CPU count. Uses --env_name --horizon --max_episode_steps --repeats.',
+    )
     args = parser.parse_args(argv)
     if not args.benchmark:
         parser.error('nothing to do: pass --benchmark')
-    _benchmark(args)
+    if args.workers is not None:
+        try:
+            args.workers = _parse_workers(args.workers)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            parser.error(f'--workers: {e}')
+        _benchmark_workers(args)
+    else:
+        _benchmark(args)
 
 
 if __name__ == '__main__':

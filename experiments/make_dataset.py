@@ -25,6 +25,8 @@ Naming:
     `<dataset_dir>/<domain>-play-100m-v0/<domain>-play-v0-000.npz` and `...-000-val.npz`, up to
     `-099`. `--num_shards`/`--shard_start` pick which shards to write, e.g. `--num_shards=10`
     gives the 10M subset (shards 000-009).
+  * `<domain>-play-10m-v0` (the 10M sets of the protocol): shards 000-009, the same bytes as those of
+    the 100M release, in `<dataset_dir>/<domain>-play-10m-v0/`.
 
 Every episode is seeded from (seed, shard, split, episode index), so the output does not depend on
 the number of workers, and the same seed gives byte-identical files. Files appear atomically: each
@@ -47,6 +49,7 @@ import pickle
 import re
 import signal
 import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -59,6 +62,10 @@ DEFAULT_DATASET_DIR = '~/.ogbench/data'
 DEFAULT_EPISODE_LENGTH = 1001  # Rows per episode in the official play datasets (1000 transitions).
 DEFAULT_NUM_SHARDS = 100  # Shards in OGBench's `-100m-v0` releases.
 SHARDED_SUFFIX = '-100m-v0'
+# The 10M sets (`<domain>-play-10m-v0/`, what the protocol trains cube-triple and puzzle-4x4 on) are
+# shards 000-009 of the 100M release, written into their own directory.
+TEN_M_SUFFIX = '-10m-v0'
+TEN_M_NUM_SHARDS = 10
 MAX_SCENE_ATTEMPTS = 1000  # Retries of an unhealthy scene episode before giving up.
 
 # Official episode counts of the single-file play datasets (ogbench's data_gen_scripts/commands.sh).
@@ -103,13 +110,21 @@ class DatasetSpec:
     dataset_name: str  # e.g. 'cube-double-play-v0' or 'cube-triple-play-100m-v0'.
     domain: str  # e.g. 'cube-double', 'scene', 'puzzle-3x3'.
     env_name: str  # Gymnasium id of the goal-conditioned environment, e.g. 'cube-double-v0'.
-    sharded: bool  # True for the `-100m-v0` shard layout.
+    sharded: bool  # True for the `-100m-v0` (and `-10m-v0`) shard layout.
+
+    @property
+    def max_shards(self) -> int:
+        """Shards of the release: 100 for `-100m-v0`, 10 for `-10m-v0`, 1 otherwise."""
+        if not self.sharded:
+            return 1
+        return TEN_M_NUM_SHARDS if self.dataset_name.endswith(TEN_M_SUFFIX) else DEFAULT_NUM_SHARDS
 
     @property
     def file_stem(self) -> str:
-        """Stem of the files: the dataset name, or for shards the name without '-100m'."""
+        """Stem of the files: the dataset name, or for shards the name without '-100m' / '-10m'."""
         if self.sharded:
-            return self.dataset_name[: -len(SHARDED_SUFFIX)] + '-v0'
+            suffix = TEN_M_SUFFIX if self.dataset_name.endswith(TEN_M_SUFFIX) else SHARDED_SUFFIX
+            return self.dataset_name[: -len(suffix)] + '-v0'
         return self.dataset_name
 
 
@@ -141,7 +156,7 @@ def parse_dataset_name(name: str) -> DatasetSpec:
         name = '-'.join(parts)
     if name.startswith(('visual-', 'powderworld')):
         raise UnsupportedDatasetError(f"'{name}': only state-based manipulation datasets are supported.")
-    match = re.fullmatch(r'(?P<domain>[a-z0-9-]+?)-(?P<kind>[a-z]+)(?P<big>-100m)?-v0', name)
+    match = re.fullmatch(r'(?P<domain>[a-z0-9-]+?)-(?P<kind>[a-z]+)(?P<big>-100m|-10m)?-v0', name)
     if match is None or match.group('domain') not in _OFFICIAL_NUM_EPISODES:
         raise UnsupportedDatasetError(
             f"Unknown dataset '{name}'. Expected '<domain>-play-v0' or '<domain>-play-100m-v0' with "
@@ -358,11 +373,43 @@ def _worker_entry(task: _ChunkTask) -> tuple[_ChunkTask, int]:
     return _collect_chunk(task)
 
 
-def _worker_loop(task_queue, result_queue) -> None:
+_PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
+
+
+def _die_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Make this worker process end when its parent does, even when the parent is killed with -9.
+
+    On Linux the kernel sends SIGKILL to the worker when the parent dies (prctl PR_SET_PDEATHSIG).
+    As a fallback (other systems, or a prctl failure), a daemon thread polls the parent pid and
+    exits the process once the worker has been re-parented.
+    """
+    if sys.platform.startswith('linux'):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # The parent died before the death signal was armed.
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name='parent-watchdog', daemon=True).start()
+
+
+def _worker_loop(task_queue, result_queue, parent_pid: int | None = None) -> None:
     """Worker process: run chunk tasks until the None sentinel; report each result or the error."""
     import traceback
     import warnings
 
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     warnings.filterwarnings('ignore')
     # The parent decides when to stop; Ctrl-C in the terminal should not kill workers mid-write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -396,7 +443,7 @@ class _WorkerPool:
         self._tasks = ctx.Queue()
         self._results = ctx.Queue()
         self._procs = [
-            ctx.Process(target=_worker_loop, args=(self._tasks, self._results), daemon=True)
+            ctx.Process(target=_worker_loop, args=(self._tasks, self._results, os.getpid()), daemon=True)
             for _ in range(num_workers)
         ]
         for proc in self._procs:
@@ -459,9 +506,11 @@ class _Unit:
 
 def _plan_units(spec: DatasetSpec, dataset_dir: str, num_shards: int | None, shard_start: int) -> list[_Unit]:
     if spec.sharded:
-        num_shards = DEFAULT_NUM_SHARDS if num_shards is None else num_shards
-        if num_shards < 1 or shard_start < 0 or shard_start + num_shards > 1000:
-            raise MakeDatasetError(f'Invalid shard range: shard_start={shard_start}, num_shards={num_shards}.')
+        num_shards = spec.max_shards if num_shards is None else num_shards
+        limit = TEN_M_NUM_SHARDS if spec.max_shards == TEN_M_NUM_SHARDS else 1000
+        if num_shards < 1 or shard_start < 0 or shard_start + num_shards > limit:
+            raise MakeDatasetError(f'Invalid shard range: shard_start={shard_start}, num_shards={num_shards} '
+                                   f'(shards 0..{limit - 1} exist for {spec.dataset_name}).')
         out_dir = os.path.join(dataset_dir, spec.dataset_name)
         units = []
         for i, shard in enumerate(range(shard_start, shard_start + num_shards)):
@@ -501,6 +550,52 @@ def _merge_parts(part_paths: Sequence[str], out_path: str, compress: bool) -> No
     _write_npz(out_path, merged, compress=compress)
 
 
+_TMP_NAME_RE = re.compile(r'^\.(?P<base>.+)\.(?P<pid>\d+)-(?P<hex>[0-9a-f]{8})(?P<tag>\.[0-9]+-[0-9]+\.part)?\.tmp$')
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists on this machine and is not a zombie."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temporaries(units: Sequence['_Unit']) -> list[str]:
+    """Remove the hidden part and merge files that a killed run left for these file pairs.
+
+    Temporary names carry the writer's pid (`.<final name>.<pid>-<hex>[.<split>-<start>.part].tmp`);
+    files of a process that is still alive (a concurrent run) are left alone.
+    """
+    bases = {}
+    for unit in units:
+        for path in (unit.train_path, unit.val_path):
+            bases.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    removed = []
+    for directory, names in bases.items():
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            match = _TMP_NAME_RE.match(name)
+            if match is None or match.group('base') not in names or _pid_alive(int(match.group('pid'))):
+                continue
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def _cleanup(directories: set[str], token: str) -> None:
     for directory in directories:
         if not os.path.isdir(directory):
@@ -511,6 +606,25 @@ def _cleanup(directories: set[str], token: str) -> None:
                     os.remove(os.path.join(directory, name))
                 except FileNotFoundError:
                     pass
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar, or a silent stand-in when disabled or when tqdm is not installed."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return _NoBar()
+        return tqdm(total=total, unit='ep', desc=desc, dynamic_ncols=True)
+    return _NoBar()
 
 
 def generate_dataset(
@@ -570,6 +684,10 @@ def generate_dataset(
     dataset_dir = os.path.abspath(os.path.expanduser(dataset_dir))
     units = _plan_units(spec, dataset_dir, num_shards, shard_start)
 
+    stale = remove_stale_temporaries(units)
+    if stale:
+        print(f'Removed {len(stale)} temporary file(s) left by an interrupted run in '
+              f'{", ".join(sorted({os.path.dirname(p) for p in stale}))}.', file=sys.stderr)
     todo = []
     for unit in units:
         if not overwrite and os.path.exists(unit.train_path) and os.path.exists(unit.val_path):
@@ -615,10 +733,8 @@ def generate_dataset(
     units_by_index = {u.index: u for u in todo}
     done_parts: dict[int, list[_ChunkTask]] = {u.index: [] for u in todo}
 
-    from tqdm import tqdm
-
     total_episodes = len(todo) * (num_episodes + n_val)
-    bar = tqdm(total=total_episodes, unit='ep', desc=spec.dataset_name, disable=not progress, dynamic_ncols=True)
+    bar = _progress_bar(total_episodes, spec.dataset_name, progress)
     written: list[str] = []
     pool = None
     t0 = time.time()

@@ -1,30 +1,44 @@
-"""Paper-style results table and learning curves from launcher run directories (SPEC section 10).
+"""Paper-style results table, learning curves and an exp_data export from launcher run directories
+(conventions §10).
 
   python -m experiments.report --runs_dir=runs                     # writes runs/report/...
   python -m experiments.report --runs_dir=runs --out_dir=/tmp/rep --noplots
 
 Input: one run directory per (task, method), `<runs_dir>/<env_name>/<method>/`, holding
   eval.csv   step,phase,seed,success[,episode_return]  one row per seed per evaluation
-  train.csv  step,phase,seed,<metrics...>              optional; lambda_eff and kl_hat are plotted
-  config.json                                         optional; kept on the Run record, unused
+  train.csv  step,phase,seed,<metrics...>              optional; lambda_eff, kl_hat, critic_loss,
+                                                      q_mean and bc_loss are plotted
+  config.json                                         optional; offline_steps, online_steps and
+                                                      bc_steps tell a finished run from an unfinished one
+  task.json                                           optional; offline/online kl_budget (the KL panel's eps)
 where env_name is an OGBench single-task id `<domain>-singletask-task<N>-v0` and phase is
-`offline` or `online` (steps count gradient steps and continue from offline into online).
-Directories without an eval.csv (e.g. the report folder itself), and those whose name starts with
-'_' or '.' (the launcher's shared `_pretrained_bc/`), are skipped.
+`offline` or `online` (steps count gradient steps; online steps continue from the offline ones, one
+update per env step), or `bc` for an evaluation of the BC policy before fine-tuning (plotted, never
+scored). Directories without an eval.csv (e.g. the report folder itself), and those whose name
+starts with '_' or '.' (the launcher's shared `_pretrained_bc/`), are skipped. A --runs_dir one
+level too high is searched one level down; a run or task directory gets an error naming the
+directory to pass.
 
-Scores (SPEC 10): a seed's offline score is its eval row of phase offline with the largest step (the
+Scores (conventions §10): a seed's offline score is its eval row of phase offline with the largest step (the
 end of offline training); its online score is its online row with the largest step. A domain's
 score for seed s is the mean over the domain's tasks of seed s's score, over the seeds common to all
 its tasks present; overall is, per seed, the mean over the domains present, over the seeds common to
-them. Each level is then reported as mean +- population std (ddof=0) over seeds, as success in
-percent.
+them. Each level is then reported as mean +- sample std (ddof=1, as the reference's
+exp_data/reproduce.py) over seeds, as success in percent. A run whose last evaluation is before the
+final step of its config is marked unfinished ('offline 1000/2000', 'online 300/500 env steps'), and
+so is every domain and overall score that includes it.
 
-Output (under --out_dir, default <runs_dir>/report):
-  results.csv  level,name,method,phase,mean,std,num_seeds,num_tasks,domain,seeds,final_steps,notes
-               (mean and std in percent; level is task, domain or overall)
-  results.md   the Markdown table (also printed to stdout)
-  curves/<env_name>__<method>.png  success, lambda_eff and kl_hat vs steps, per seed and mean +- std
-  curves/<domain>.png              methods' mean success curves per task and for the domain mean
+Output (under --out_dir, default <runs_dir>/report; the command prints where):
+  results.csv  level,name,method,phase,mean,std_ddof1,num_seeds,num_tasks,domain,seeds,final_steps,
+               status,notes (percent; level is task, domain, overall, or published for the QAM
+               paper's released figures and TRQAM's reported overall; status final / unfinished: ...)
+  results.md   the Markdown table with the published figures as extra "(published)" columns
+  exp_data/ours-exp-data.pkl   the reference's exp_data layout: {(name, METHOD): array (evaluations,
+               seeds)}, name a task, a domain or 'all'; ours-exp-data.json gives each entry's steps
+  curves/<env_name>__<method>.png  success (from the BC policy at step 0), lambda_eff, kl_hat with the
+               budget eps, critic loss, Q mean and BC loss vs steps, per seed and mean +- std
+  curves/<domain>.png              methods' mean success curves per task, and the domain mean when the
+                                   domain has more than one task
 """
 
 from __future__ import annotations
@@ -44,7 +58,24 @@ import numpy as np
 from absl import app, flags
 
 PHASES = ("offline", "online")
-# SPEC section 10's order, then the extra single-task domain used for quick runs.
+# Phases accepted in eval.csv: "bc" marks an evaluation of the BC-pretrained policy (step 0 of
+# fine-tuning), plotted as the start of the curves but never scored.
+EVAL_PHASES = ("bc",) + PHASES
+PHASE_RANK = {"bc": 0, "offline": 1, "online": 2}
+# Standard deviation over seeds: the sample std (ddof=1), as the reference's exp_data/reproduce.py.
+STD_DDOF = 1
+# Published offline success (%) at 1M steps, from the QAM paper's released data (12 seeds, its own
+# protocol), per domain: (QAM, FQL). Shown beside ours for orientation, never computed from runs.
+PUBLISHED_OFFLINE = {
+    "antmaze-large-navigate": (81, 76), "antmaze-giant-navigate": (18, 0),
+    "humanoidmaze-medium-navigate": (67, 68), "humanoidmaze-large-navigate": (11, 9),
+    "scene-play": (97, 79), "puzzle-3x3-play": (100, 70), "puzzle-4x4-play": (0, 5),
+    "cube-double-play": (64, 46), "cube-triple-play": (3, 3), "cube-quadruple-play": (3, 2),
+}
+PUBLISHED_OVERALL = {"QAM (published)": 44, "FQL (published)": 36, "TRQAM (published)": 68}
+PUBLISHED_BEST_QAM_E = 46
+PUBLISHED_COLUMNS = ("QAM (published)", "FQL (published)", "TRQAM (published)")
+# conventions §10's order, then the extra single-task domain used for quick runs.
 DOMAINS = (
     "antmaze-large-navigate", "antmaze-giant-navigate", "humanoidmaze-medium-navigate",
     "humanoidmaze-large-navigate", "scene-play", "puzzle-3x3-play", "puzzle-4x4-play",
@@ -58,7 +89,8 @@ ENV_NAME_RE = re.compile(
 EVAL_COLUMNS = ("step", "phase", "seed", "success")
 TRAIN_COLUMNS = ("step", "phase", "seed")
 CURVE_METRICS = (
-    ("success", "success (%)"), ("lambda_eff", "lambda_eff"), ("kl_hat", "path KL (kl_hat)"))
+    ("success", "success (%)"), ("lambda_eff", "lambda_eff"), ("kl_hat", "path KL (kl_hat)"),
+    ("critic_loss", "critic loss"), ("q_mean", "Q mean"), ("bc_loss", "BC flow loss"))
 
 
 class ReportError(Exception):
@@ -75,12 +107,37 @@ class Run:
     method: str
     eval: dict  # column -> np.ndarray (phase: str array, step/seed: int, others: float)
     train: Optional[dict] = None  # same, or None without a train.csv
-    config: Optional[dict] = None
+    config: Optional[dict] = None  # config.json: offline_steps, online_steps, bc_steps (progress)
+    task_spec: Optional[dict] = None  # task.json: kl_budget of offline / online (the KL panel's eps)
+
+    def expected_final_steps(self) -> dict:
+        """phase -> the step its last evaluation is logged at when the run is finished (from
+        config.json; empty without it). Online steps continue from the offline ones."""
+        c = self.config or {}
+        try:
+            if self.method == "bc" or c.get("method") == "bc":
+                return {"offline": int(c["bc_steps"])}
+            offline, online = int(c["offline_steps"]), int(c.get("online_steps") or 0)
+        except (KeyError, TypeError, ValueError):
+            return {}
+        return {"offline": offline, **({"online": offline + online} if online > 0 else {})}
+
+    def progress(self, phase: str, reached: int) -> str:
+        """'' when `phase` reached its final step (or it is unknown); else e.g. 'offline 1000/2000'
+        or 'online 300/500 env steps'."""
+        expected = self.expected_final_steps().get(phase)
+        if expected is None or reached >= expected:
+            return ""
+        if phase == "online":
+            offline = self.expected_final_steps()["offline"]
+            return f"online {reached - offline}/{expected - offline} env steps"
+        return f"{phase} {reached}/{expected}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One aggregated score. mean and std are success in percent (std with ddof=0 over seeds)."""
+    """One aggregated score. mean and std are success in percent (std over seeds with ddof=STD_DDOF;
+    NaN with a single seed)."""
     level: str  # 'task', 'domain' or 'overall'
     name: str  # env_name, domain or 'overall'
     method: str
@@ -96,6 +153,8 @@ class Row:
     per_seed: tuple = ()  # ((seed, success in [0, 1]), ...) that the mean and std are over
     final_steps: tuple = ()  # task rows: the distinct steps of the evaluations used
     notes: tuple = ()
+    progress: str = ""  # task rows: 'offline 1000/2000' for an unfinished run; '' when finished
+    unfinished: tuple = ()  # domain / overall rows: the unfinished runs they include
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -172,9 +231,10 @@ def read_table(path: str, required: Sequence[str], kind: str) -> dict:
             raise ReportError(f"{path} line {body[i][0]}: {name} {text!r} is not {what}")
 
         if name == "phase":
+            allowed = EVAL_PHASES
             for i, text in enumerate(texts):
-                if text not in PHASES:
-                    fail(i, text, what=f"one of {', '.join(PHASES)}")
+                if text not in allowed:
+                    fail(i, text, what=f"one of {', '.join(allowed)}")
             out[name] = np.array(texts, dtype=object)
         elif name in ("step", "seed"):
             out[name] = _to_array(texts, _parse_int, np.int64,
@@ -207,18 +267,24 @@ def load_run(path: str) -> Run:
                 config = json.load(f)
         except (OSError, ValueError) as e:
             raise ReportError(f"{config_path}: not valid JSON: {e}") from None
+    task_spec = None
+    task_path = os.path.join(path, "task.json")
+    if os.path.exists(task_path):
+        try:
+            with open(task_path) as f:
+                task_spec = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ReportError(f"{task_path}: not valid JSON: {e}") from None
     evals = read_table(os.path.join(path, "eval.csv"), EVAL_COLUMNS, "eval")
     train_path = os.path.join(path, "train.csv")
     train = read_table(train_path, TRAIN_COLUMNS, "train") if os.path.exists(train_path) else None
     return Run(path=path, env_name=env_name, domain=domain, task=task, method=method, eval=evals,
-               train=train, config=config)
+               train=train, config=config, task_spec=task_spec)
 
 
-def load_runs(runs_dir: str) -> list[Run]:
-    """All run directories `<runs_dir>/<env_name>/<method>/` that hold an eval.csv, sorted."""
-    if not os.path.isdir(runs_dir):
-        raise ReportError(f"{runs_dir}: not a directory")
-    runs = []
+def _run_paths(runs_dir: str) -> list[str]:
+    """`<runs_dir>/<env_name>/<method>/` directories holding an eval.csv."""
+    paths = []
     for env_name in sorted(os.listdir(runs_dir)):
         env_dir = os.path.join(runs_dir, env_name)
         if env_name.startswith((".", "_")) or not os.path.isdir(env_dir):  # _pretrained_bc: not a run
@@ -226,10 +292,40 @@ def load_runs(runs_dir: str) -> list[Run]:
         for method in sorted(os.listdir(env_dir)):
             run_dir = os.path.join(env_dir, method)
             if not method.startswith(".") and os.path.isfile(os.path.join(run_dir, "eval.csv")):
-                runs.append(load_run(run_dir))
-    if not runs:
-        raise ReportError(f"{runs_dir}: no run directories (expected "
-                          "<runs_dir>/<domain>-singletask-task<N>-v0/<method>/eval.csv)")
+                paths.append(run_dir)
+    return paths
+
+
+def find_runs_dir(runs_dir: str) -> str:
+    """runs_dir itself when it holds run directories; else the one directory below it that does
+    (a --runs_dir one level too high). Raises ReportError saying where the runs are otherwise."""
+    if not os.path.isdir(runs_dir):
+        raise ReportError(f"{runs_dir}: not a directory")
+    if _run_paths(runs_dir):
+        return runs_dir
+    below = [os.path.join(runs_dir, name) for name in sorted(os.listdir(runs_dir))
+             if not name.startswith(".") and os.path.isdir(os.path.join(runs_dir, name))
+             and _run_paths(os.path.join(runs_dir, name))]
+    if len(below) == 1:
+        return below[0]
+    if below:
+        raise ReportError(f"{runs_dir}: no run directories here, but {len(below)} directories below hold "
+                          f"runs: {', '.join(below)}; pass one of them as --runs_dir")
+    path = os.path.normpath(runs_dir)
+    if os.path.isfile(os.path.join(path, "eval.csv")):  # a run directory: two levels too low
+        raise ReportError(f"{runs_dir} is a run directory; pass the directory that holds the runs: "
+                          f"--runs_dir={os.path.dirname(os.path.dirname(path))}")
+    if ENV_NAME_RE.match(os.path.basename(path)) and _run_paths(os.path.dirname(path)):
+        raise ReportError(f"{runs_dir} is a task directory; pass the directory that holds the runs: "
+                          f"--runs_dir={os.path.dirname(path)}")
+    raise ReportError(f"{runs_dir}: no run directories (expected "
+                      "<runs_dir>/<domain>-singletask-task<N>-v0/<method>/eval.csv)")
+
+
+def load_runs(runs_dir: str) -> list[Run]:
+    """All run directories `<runs_dir>/<env_name>/<method>/` that hold an eval.csv, sorted (from
+    the directory `find_runs_dir` picks)."""
+    runs = [load_run(p) for p in _run_paths(find_runs_dir(runs_dir))]
     return sorted(runs, key=lambda r: (domain_key(r.domain), r.task, method_key(r.method)))
 
 
@@ -258,9 +354,18 @@ def final_scores(run: Run, phase: str) -> dict[int, tuple[int, float]]:
     return out
 
 
+def _std(values: np.ndarray, axis=None):
+    """Sample std over seeds (ddof=STD_DDOF); NaN where there are too few seeds."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.size if axis is None else values.shape[axis]
+    if n <= STD_DDOF:
+        return np.full(np.mean(values, axis=axis).shape, np.nan) if axis is not None else math.nan
+    return values.std(axis=axis, ddof=STD_DDOF)
+
+
 def _stats(per_seed: dict[int, float]) -> tuple[float, float]:
     values = np.array([per_seed[s] for s in sorted(per_seed)], dtype=np.float64)
-    return float(100 * values.mean()), float(100 * values.std(ddof=0))
+    return float(100 * values.mean()), float(100 * _std(values))
 
 
 def _common_seeds(seed_sets: dict[str, set], what: str) -> tuple[set, tuple]:
@@ -306,7 +411,7 @@ def aggregate(runs: Sequence[Run], phase: str) -> list[Row]:
             task_row = Row("task", run.env_name, method, phase, mean, std, len(per_seed), 1,
                            domain=run.domain, task=run.task,
                            per_seed=tuple(sorted(per_seed.items())), final_steps=tuple(steps),
-                           notes=notes)
+                           notes=notes, progress=run.progress(phase, min(steps)))
             by_domain[run.domain].append(task_row)
             rows.append(task_row)
         domain_rows = []
@@ -319,7 +424,9 @@ def aggregate(runs: Sequence[Run], phase: str) -> list[Row]:
             domain_rows.append(Row("domain", domain, method, phase, mean, std, len(per_seed),
                                    len(task_rows), domain=domain, num_domains=1,
                                    members=tuple(r.task for r in task_rows),
-                                   per_seed=tuple(sorted(per_seed.items())), notes=notes))
+                                   per_seed=tuple(sorted(per_seed.items())), notes=notes,
+                                   unfinished=tuple(f"{r.name} ({r.progress})" for r in task_rows
+                                                    if r.progress)))
         rows.extend(domain_rows)
         valid = [r for r in domain_rows if r.num_seeds]
         if valid:
@@ -333,29 +440,61 @@ def aggregate(runs: Sequence[Run], phase: str) -> list[Row]:
             rows.append(Row("overall", "overall", method, phase, mean, std, len(per_seed),
                             sum(r.num_tasks for r in valid), num_domains=len(valid),
                             members=tuple(r.name for r in valid),
-                            per_seed=tuple(sorted(per_seed.items())), notes=notes))
+                            per_seed=tuple(sorted(per_seed.items())), notes=notes,
+                            unfinished=sum((r.unfinished for r in valid), ())))
     return rows
 
 
-CSV_FIELDS = ("level", "name", "method", "phase", "mean", "std", "num_seeds", "num_tasks",
-              "domain", "seeds", "final_steps", "notes")
+CSV_FIELDS = ("level", "name", "method", "phase", "mean", f"std_ddof{STD_DDOF}", "num_seeds",
+              "num_tasks", "domain", "seeds", "final_steps", "status", "notes")
+
+
+def _status(r: Row) -> str:
+    if r.level == "published":
+        return "published"
+    if r.level == "task":
+        return f"unfinished: {r.progress}" if r.progress else "final"
+    return f"includes unfinished: {', '.join(r.unfinished)}" if r.unfinished else "final"
+
+
+def published_rows(rows: Sequence[Row]) -> list[Row]:
+    """The published reference figures for the domains present in `rows` (offline), and overall."""
+    domains = sorted({r.name for r in rows if r.level == "domain"} & set(PUBLISHED_OFFLINE), key=domain_key)
+    note = ("published figure (QAM paper's released data, 12 seeds, its own protocol), "
+            "not computed from these runs")
+    out = []
+    for domain in domains:
+        for method, value in zip(PUBLISHED_COLUMNS, PUBLISHED_OFFLINE[domain]):
+            out.append(Row("published", domain, method, "offline", float(value), math.nan, 0, TASKS_PER_DOMAIN,
+                           domain=domain, notes=(note,)))
+    if any(r.level == "overall" for r in rows):
+        for method, value in PUBLISHED_OVERALL.items():
+            extra = (" (TRQAM paper)" if method.startswith("TRQAM") else
+                     f"; best published variant QAM-E {PUBLISHED_BEST_QAM_E}" if method.startswith("QAM") else "")
+            out.append(Row("published", "overall", method, "offline", float(value), math.nan, 0,
+                           TASKS_PER_DOMAIN * len(PUBLISHED_OFFLINE), notes=(note + extra + "; over all 10 domains",)))
+    return out
 
 
 def write_csv(rows: Sequence[Row], path: str) -> None:
+    """One row per score; the std column's name states its ddof. Published reference figures come
+    last, with level 'published' and no std."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_FIELDS)
-        for r in rows:
+        for r in list(rows) + published_rows(rows):
             writer.writerow([r.level, r.name, r.method, r.phase, repr(r.mean), repr(r.std),
                              r.num_seeds, r.num_tasks, r.domain,
                              " ".join(str(s) for s, _ in r.per_seed),
-                             " ".join(map(str, r.final_steps)), " | ".join(r.notes)])
+                             " ".join(map(str, r.final_steps)), _status(r), " | ".join(r.notes)])
 
 
 # ---------------------------------------------------------------------------------------- markdown
 
 def format_score(mean: float, std: float) -> str:
-    return "–" if math.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.1f} (1 seed, no std)" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
 
 
 def _step_notes(rows: Sequence[Row]) -> list[str]:
@@ -395,30 +534,49 @@ def to_markdown(rows: Sequence[Row]) -> str:
             extra = [d for d in r.members if d not in DOMAINS]
             text += (f" ({r.num_domains}/{len(DOMAINS)} domains)" if not extra else
                      f" ({r.num_domains} domains, incl. {', '.join(extra)})")
+        if r.progress:
+            text += f" (unfinished: {r.progress})"
+        elif r.unfinished:
+            text += " (incl. unfinished)"
+            notes.append(f"{name} / {method} / {phase}: includes unfinished run(s): {', '.join(r.unfinished)}")
+            text += f" [{len(notes)}]"
         for note in r.notes:
             notes.append(f"{name} / {method} / {phase}: {note}")
             text += f" [{len(notes)}]"
         return text
 
+    published = {(r.name, r.method): r.mean for r in published_rows(rows)}
+    show_published = bool(published)
+
+    def published_cells(level, name):
+        if not show_published:
+            return []
+        return [f"{published[(name, m)]:.0f}" if level in ("domain", "overall") and (name, m) in published
+                else "–" for m in PUBLISHED_COLUMNS]
+
     def line(label, level, name):
-        return "| " + " | ".join([label] + [cell(level, name, m, p) for m, p in columns]) + " |"
+        return "| " + " | ".join([label] + [cell(level, name, m, p) for m, p in columns]
+                                 + published_cells(level, name)) + " |"
 
     domains = sorted({r.domain for r in rows if r.level == "domain"}, key=domain_key)
     tasks = sorted({(r.domain, r.task, r.name) for r in rows if r.level == "task"},
                    key=lambda t: (domain_key(t[0]), t[1], t[2]))
     seeds = sorted({r.num_seeds for r in rows if r.level == "task"})
+    ncols = len(columns) + (len(PUBLISHED_COLUMNS) if show_published else 0)
     out = [
-        "Success rate (%), mean ± std over seeds (population std, ddof=0). Offline: each seed's "
+        f"Success rate (%), mean ± std over seeds (sample std, ddof={STD_DDOF}, as the reference's "
+        "exp_data/reproduce.py). Offline: each seed's "
         "last offline evaluation (end of offline training); online: its last online evaluation. "
         "Domain: per seed, the mean over the domain's tasks, then mean ± std over the seeds "
         "common to them; overall: per seed, the mean over the domains present, then mean ± std "
         "over seeds. "
         f"Seeds per task: {', '.join(map(str, seeds))}.",
         "",
-        "| task | " + " | ".join(f"{m} {p}" for m, p in columns) + " |",
-        "|---|" + "---|" * len(columns),
+        "| task | " + " | ".join([f"{m} {p}" for m, p in columns]
+                                 + (list(PUBLISHED_COLUMNS) if show_published else [])) + " |",
+        "|---|" + "---|" * ncols,
     ]
-    blank = " |" * len(columns)
+    blank = " |" * ncols
     for domain in domains:
         out.append(f"| **{domain}** |" + blank)
         for d, task, name in tasks:
@@ -429,6 +587,11 @@ def to_markdown(rows: Sequence[Row]) -> str:
         out.append(line(domain, "domain", domain))
     out.append(line("**overall**", "overall", "overall"))
     notes.extend(_step_notes(rows))
+    if show_published:
+        out += ["", "Columns marked (published) are published figures, not computed from these runs: "
+                "offline success (%) at 1M steps from the QAM paper's released data (QAM and FQL, 12 seeds, "
+                "its own protocol, per domain the mean over its 5 tasks; overall over all 10 domains, best "
+                f"variant QAM-E {PUBLISHED_BEST_QAM_E}), and TRQAM's reported overall."]
     if notes:
         out += ["", "Notes:"] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
     return "\n".join(out) + "\n"
@@ -441,7 +604,7 @@ def seed_curves(table: Optional[dict], column: str) -> dict[int, tuple[np.ndarra
     kept), NaNs dropped. Empty when the table or the column is absent."""
     if table is None or column not in table:
         return {}
-    rank = np.array([PHASES.index(p) for p in table["phase"]], dtype=np.int64)
+    rank = np.array([PHASE_RANK[p] for p in table["phase"]], dtype=np.int64)
     curves = {}
     for seed in np.unique(table["seed"]):
         idx = np.flatnonzero(table["seed"] == seed)
@@ -458,14 +621,14 @@ def seed_curves(table: Optional[dict], column: str) -> dict[int, tuple[np.ndarra
 
 
 def band(curves: dict) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(steps common to all curves, mean, population std) across the curves, or None."""
+    """(steps common to all curves, mean, std with ddof=STD_DDOF; NaN for one curve), or None."""
     if not curves:
         return None
     steps = functools.reduce(np.intersect1d, [s for s, _ in curves.values()])
     if steps.size == 0:
         return None
     values = np.stack([v[np.searchsorted(s, steps)] for s, v in curves.values()])
-    return steps, values.mean(0), values.std(0)
+    return steps, values.mean(0), _std(values, axis=0)
 
 
 def mean_over_tasks(per_task: Sequence[dict]) -> dict:
@@ -481,10 +644,14 @@ def mean_over_tasks(per_task: Sequence[dict]) -> dict:
 
 
 def online_boundary(run: Run) -> Optional[int]:
-    """Largest offline step, if the run has online rows (in eval.csv or train.csv)."""
+    """The step where online fine-tuning starts (config.json's offline_steps, else the largest
+    offline step), if the run has online rows (in eval.csv or train.csv)."""
     tables = [t for t in (run.eval, run.train) if t is not None and len(t["step"])]
     if not any((t["phase"] == "online").any() for t in tables):
         return None
+    expected = run.expected_final_steps()
+    if "offline" in expected and run.method != "bc":
+        return expected["offline"]
     offline = [t["step"][t["phase"] == "offline"] for t in tables]
     offline = [s for s in offline if s.size]
     return int(max(s.max() for s in offline)) if offline else None
@@ -499,19 +666,62 @@ def _draw(ax, curves, color=None, label=None, per_seed=True):
         steps, mean, std = b
         ax.plot(steps, mean, lw=1.8, color=color or "C0", label=label)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color or "C0", lw=0)
+        if steps.size and steps[0] == 0:  # the BC-pretrained policy, evaluated before fine-tuning
+            ax.plot([0], [mean[0]], marker="o", ls="none", color=color or "C0", mec="k",
+                    label="BC policy (step 0)" if per_seed or label is None else None)
 
 
-def _finish(ax, title, ylabel, boundary, empty_text=None):
+def kl_budgets(run: Run) -> dict:
+    """phase -> the KL budget eps of a TRQAM run (task.json), for the phases the run has."""
+    spec = run.task_spec or {}
+    if run.method != "trqam":
+        return {}
+    out = {}
+    for phase in PHASES:
+        try:
+            out[phase] = float(spec[phase]["kl_budget"])
+        except (KeyError, TypeError, ValueError):
+            pass
+    return out
+
+
+def _draw_budget(ax, run: Run, boundary: Optional[int]) -> None:
+    """The KL budget eps as a horizontal line, per phase (offline, then online past the boundary)."""
+    budgets = kl_budgets(run)
+    if "offline" not in budgets:
+        return
+    if boundary is None or budgets.get("online", budgets["offline"]) == budgets["offline"]:
+        ax.axhline(budgets["offline"], color="C3", ls=":", lw=1.5, label=f"budget eps = {budgets['offline']:g}")
+        return
+    x0, x1 = ax.get_xlim()
+    ax.hlines(budgets["offline"], min(x0, 0), boundary, color="C3", ls=":", lw=1.5,
+              label=f"offline budget eps = {budgets['offline']:g}")
+    ax.hlines(budgets["online"], boundary, max(x1, boundary), color="C1", ls=":", lw=1.5,
+              label=f"online budget eps = {budgets['online']:g}")
+
+
+def _finish(ax, title, ylabel, boundary, empty_text=None, legend=True):
     if ylabel.startswith("success"):
         ax.set_ylim(-3, 103)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("gradient steps")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if boundary is not None:
-        ax.axvline(boundary, color="k", ls="--", lw=1, alpha=0.7)
+    if boundary is None:
+        ax.set_xlabel("gradient steps")
+    else:
+        # Online, one update per env step: step = offline steps + env steps. The top axis counts
+        # the online env steps from the boundary.
+        ax.axvline(boundary, color="k", ls="--", lw=1, alpha=0.7, label=f"offline → online (step {boundary})")
+        ax.set_xlabel(f"gradient steps (offline) | {boundary} + env steps (online)")
+        top = ax.secondary_xaxis("top", functions=(lambda x, b=boundary: x - b, lambda x, b=boundary: x + b))
+        from matplotlib.ticker import FuncFormatter
+        top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v >= 0 else ""))
+        top.set_xlabel("online env steps", fontsize=7)
+        top.tick_params(labelsize=6)
     if empty_text:
         ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
 
 
 def _new_figure(ncols, nrows=1):
@@ -522,8 +732,9 @@ def _new_figure(ncols, nrows=1):
 
 
 def plot_run(run: Run, path: str) -> None:
-    """Success, lambda_eff and kl_hat vs steps: thin per-seed lines, mean +- std band."""
-    fig, axes = _new_figure(len(CURVE_METRICS))
+    """Success (from the BC policy at step 0 when eval.csv has it), lambda_eff, kl_hat (with the
+    budget eps), critic loss, Q mean and BC loss vs steps: thin per-seed lines, mean +- std band."""
+    fig, axes = _new_figure(3, -(-len(CURVE_METRICS) // 3))
     boundary = online_boundary(run)
     for ax, (column, ylabel) in zip(axes, CURVE_METRICS):
         table = run.eval if column == "success" else run.train
@@ -531,11 +742,14 @@ def plot_run(run: Run, path: str) -> None:
         if column == "success":
             curves = {s: (x, 100 * y) for s, (x, y) in curves.items()}
         _draw(ax, curves)
+        if column == "kl_hat":
+            _draw_budget(ax, run, boundary)
         where = "eval.csv" if column == "success" else "train.csv"
         _finish(ax, f"{column} ({len(curves)} seeds)", ylabel, boundary,
                 None if curves else f"no {column} in {where}")
     fig.suptitle(f"{run.env_name} / {run.method}", fontsize=10)
     fig.savefig(path, dpi=100)
+    return fig
 
 
 def plot_domain(runs: Sequence[Run], path: str) -> None:
@@ -543,7 +757,8 @@ def plot_domain(runs: Sequence[Run], path: str) -> None:
     domain = runs[0].domain
     tasks = sorted({r.task for r in runs})
     methods = sorted({r.method for r in runs}, key=method_key)
-    panels = len(tasks) + 1
+    with_mean = len(tasks) > 1  # a domain mean of one task would repeat its panel
+    panels = len(tasks) + with_mean
     ncols = min(panels, 3)
     fig, axes = _new_figure(ncols, -(-panels // ncols))
     boundaries = [b for b in map(online_boundary, runs) if b is not None]
@@ -560,16 +775,16 @@ def plot_domain(runs: Sequence[Run], path: str) -> None:
             curves = {s: (x, 100 * y) for s, (x, y) in seed_curves(run.eval, "success").items()}
             per_task.append(curves)
             _draw(ax, curves, color=color, label=method, per_seed=False)
-        _draw(axes[len(tasks)], mean_over_tasks(per_task), color=color,
-              label=f"{method} ({len(per_task)}/{TASKS_PER_DOMAIN} tasks)", per_seed=False)
+        if with_mean:
+            _draw(axes[len(tasks)], mean_over_tasks(per_task), color=color,
+                  label=f"{method} ({len(per_task)}/{TASKS_PER_DOMAIN} tasks)", per_seed=False)
     for ax, task in zip(axes, tasks):
         _finish(ax, f"task{task}", "success (%)", boundary)
-    _finish(axes[len(tasks)], "domain mean", "success (%)", boundary)
-    for ax in axes[:panels]:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"{domain}: mean ± std over seeds", fontsize=10)
+    if with_mean:
+        _finish(axes[len(tasks)], "domain mean", "success (%)", boundary)
+    fig.suptitle(f"{domain}: mean ± std (ddof={STD_DDOF}) over seeds", fontsize=10)
     fig.savefig(path, dpi=100)
+    return fig
 
 
 def write_plots(runs: Sequence[Run], curves_dir: str) -> list[str]:
@@ -587,20 +802,131 @@ def write_plots(runs: Sequence[Run], curves_dir: str) -> list[str]:
     return paths
 
 
+# ------------------------------------------------------------------------------- exp_data export
+
+EXP_DATA_FILE = "ours-exp-data.pkl"
+
+
+def _seed_matrix(run: Run) -> Optional[tuple[np.ndarray, list, np.ndarray, list]]:
+    """(steps, seeds, success array (evaluations, seeds), phases) over the fine-tuning evaluations
+    (step > 0) that every seed of the run has, or None."""
+    curves = seed_curves({k: v for k, v in run.eval.items()}, "success")
+    curves = {s: (x[x > 0], y[x > 0]) for s, (x, y) in curves.items()}
+    curves = {s: c for s, c in curves.items() if c[0].size}
+    if not curves:
+        return None
+    steps = functools.reduce(np.intersect1d, [x for x, _ in curves.values()])
+    if steps.size == 0:
+        return None
+    seeds = sorted(curves)
+    values = np.stack([curves[s][1][np.searchsorted(curves[s][0], steps)] for s in seeds], axis=1)
+    boundary = run.expected_final_steps().get("offline")
+    if boundary is None:
+        offline_steps = run.eval["step"][run.eval["phase"] == "offline"]
+        boundary = int(offline_steps.max()) if offline_steps.size else 0
+    phases = ["offline" if step <= boundary else "online" for step in steps]
+    return steps, seeds, values, phases
+
+
+def _mean_entry(entries: list) -> Optional[tuple[np.ndarray, list, np.ndarray]]:
+    """Per seed common to the entries, the mean over them at the steps common to them."""
+    if not entries:
+        return None
+    steps = functools.reduce(np.intersect1d, [e[0] for e in entries])
+    seeds = sorted(set.intersection(*(set(e[1]) for e in entries)))
+    if steps.size == 0 or not seeds:
+        return None
+    stacked = [e[2][np.searchsorted(e[0], steps)][:, [e[1].index(s) for s in seeds]] for e in entries]
+    return steps, seeds, np.mean(stacked, axis=0)
+
+
+def export_exp_data(runs: Sequence[Run], out_dir: str) -> list[str]:
+    """Our success curves in the reference's exp_data layout, to plot beside the released data.
+
+    `ours-exp-data.pkl`: a dict keyed by (name, METHOD) (method upper-cased, as 'TRQAM', 'QAM'),
+    name a task env id, a domain, or 'all'; each value a float array (evaluations, seeds) of success
+    in [0, 1], one row per evaluation step (the BC evaluation at step 0 left out). A domain entry is,
+    per seed, the mean over its tasks present; 'all', per seed, the mean over the domains present;
+    both over the steps and seeds common to their members. `ours-exp-data.json` gives, per entry, the
+    steps of the rows, the seeds of the columns, each row's phase, the members, and whether every run
+    reached its final step. Returns the two paths.
+    """
+    import pickle
+
+    os.makedirs(out_dir, exist_ok=True)
+    arrays, info = {}, {}
+    by_method = collections.defaultdict(list)
+    for run in runs:
+        by_method[run.method].append(run)
+    for method, method_runs in by_method.items():
+        key_method = method.upper()
+        tasks_by_domain = collections.defaultdict(list)
+        for run in method_runs:
+            m = _seed_matrix(run)
+            if m is None:
+                continue
+            steps, seeds, values, phases = m
+            expected = run.expected_final_steps()
+            unfinished = [p for p, step in expected.items()
+                          if run.progress(p, int(max(run.eval["step"][run.eval["phase"] == p], default=0)))]
+            arrays[(run.env_name, key_method)] = values
+            info[f"{run.env_name}|{key_method}"] = dict(
+                steps=steps.tolist(), seeds=seeds, phases=phases, members=[run.env_name],
+                finished=not unfinished and bool(expected), expected_final_steps=expected)
+            tasks_by_domain[run.domain].append((steps, seeds, values, run))
+        domain_entries = []
+        for domain in sorted(tasks_by_domain, key=domain_key):
+            members = tasks_by_domain[domain]
+            mean = _mean_entry([m[:3] for m in members])
+            if mean is None:
+                continue
+            arrays[(domain, key_method)] = mean[2]
+            info[f"{domain}|{key_method}"] = dict(
+                steps=mean[0].tolist(), seeds=mean[1], members=[m[3].env_name for m in members],
+                finished=all(info[f"{m[3].env_name}|{key_method}"]["finished"] for m in members))
+            domain_entries.append((domain, mean))
+        overall = _mean_entry([m for _, m in domain_entries])
+        if overall is not None and domain_entries:
+            arrays[("all", key_method)] = overall[2]
+            info[f"all|{key_method}"] = dict(
+                steps=overall[0].tolist(), seeds=overall[1], members=[d for d, _ in domain_entries],
+                finished=all(info[f"{d}|{key_method}"]["finished"] for d, _ in domain_entries))
+    pkl = os.path.join(out_dir, EXP_DATA_FILE)
+    meta = os.path.join(out_dir, EXP_DATA_FILE.replace(".pkl", ".json"))
+    with open(pkl + ".tmp", "wb") as f:
+        pickle.dump(arrays, f)
+    os.replace(pkl + ".tmp", pkl)
+    with open(meta + ".tmp", "w") as f:
+        json.dump({"layout": "dict (name, METHOD) -> success array (evaluations, seeds); rows at 'steps', "
+                             "columns for 'seeds'", "entries": info}, f, indent=1)
+    os.replace(meta + ".tmp", meta)
+    return [pkl, meta]
+
+
 # -------------------------------------------------------------------------------------------- main
 
-def make_report(runs_dir: str, out_dir: Optional[str] = None, plots: bool = True) -> str:
-    """Loads the runs, writes results.csv, results.md (and curves/), returns the Markdown."""
-    runs = load_runs(runs_dir)
-    out_dir = out_dir or os.path.join(runs_dir, "report")
+def make_report(runs_dir: str, out_dir: Optional[str] = None, plots: bool = True,
+                log=None) -> str:
+    """Loads the runs, writes results.csv, results.md, exp_data/ (and curves/), returns the
+    Markdown. `log` (e.g. print) gets a line on where the runs were found and where the files went."""
+    found = find_runs_dir(runs_dir)
+    if log is not None and os.path.normpath(found) != os.path.normpath(runs_dir):
+        log(f"No runs directly in {runs_dir}; using the runs in {found}.")
+    runs = load_runs(found)
+    out_dir = out_dir or os.path.join(found, "report")
     os.makedirs(out_dir, exist_ok=True)
     rows = [row for phase in PHASES for row in aggregate(runs, phase)]
     write_csv(rows, os.path.join(out_dir, "results.csv"))
     markdown = to_markdown(rows)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown)
+    export_exp_data(runs, os.path.join(out_dir, "exp_data"))
+    written = ["results.md", "results.csv", f"exp_data/{EXP_DATA_FILE}"]
     if plots:
-        write_plots(runs, os.path.join(out_dir, "curves"))
+        n = len(write_plots(runs, os.path.join(out_dir, "curves")))
+        written.append(f"curves/ ({n} PNGs)")
+    if log is not None:
+        log(f"Wrote {', '.join(written)} to {os.path.abspath(out_dir)}")
     return markdown
 
 
@@ -615,11 +941,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.runs_dir:
         raise app.UsageError("--runs_dir is required")
+    messages = []
     try:
-        markdown = make_report(FLAGS.runs_dir, FLAGS.out_dir, FLAGS.plots)
+        markdown = make_report(FLAGS.runs_dir, FLAGS.out_dir, FLAGS.plots, log=messages.append)
     except ReportError as e:
         raise SystemExit(f"report: error: {e}") from None
     sys.stdout.write(markdown)
+    for message in messages:
+        print(message)
 
 
 if __name__ == "__main__":

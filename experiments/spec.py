@@ -33,10 +33,15 @@ def _pick(value, default):
 
 
 def resolve(config, env_name: Optional[str] = None) -> TaskSpec:
+    """The settings of one task. Validates every value first, so a bad config writes nothing."""
     env_name = env_name or config.env_name
     info = data.parse_env_name(env_name)  # raises UnknownEnvError listing the valid domains
+    if info.task is None:
+        raise ConfigError(f"{env_name!r} is ogbench's alias for a default task; name the task explicitly, "
+                          f"e.g. {info.domain}-singletask-task1-v0 (tasks are task1..task5).")
     if config.method not in METHODS:
         raise ConfigError(f"config.method={config.method!r} is unknown: use one of {', '.join(METHODS)}.")
+    check_values(config)
     domain = DOMAIN_SETTINGS[info.domain]
     a = config.agent
     width = _pick(a.width, domain.width)
@@ -79,6 +84,60 @@ def resolve(config, env_name: Optional[str] = None) -> TaskSpec:
     return spec
 
 
+# (field, test, what is allowed) for every value with a range; None (a domain default) is skipped.
+_RANGES = (
+    ("num_seeds", lambda v: v >= 1, ">= 1"),
+    ("agent.batch_size", lambda v: v >= 1, ">= 1"),
+    ("agent.horizon", lambda v: v >= 1, ">= 1"),
+    ("agent.flow_steps", lambda v: v >= 1, ">= 1"),
+    ("agent.num_critics", lambda v: v >= 1, ">= 1"),
+    ("agent.width", lambda v: v >= 1, ">= 1"),
+    ("agent.depth", lambda v: v >= 1, ">= 1"),
+    ("eval_episodes", lambda v: v >= 1, ">= 1"),
+    ("eval_envs_per_seed", lambda v: v >= 1, ">= 1"),
+    ("eval_steps", lambda v: v >= 1, ">= 1"),
+    ("agent.discount", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("agent.kl_budget", lambda v: v > 0, "> 0"),
+    ("online_kl_budget", lambda v: v > 0, "> 0"),
+    ("agent.inv_temp", lambda v: v > 0, "> 0"),
+    ("agent.learning_rate", lambda v: v > 0, "> 0"),
+    ("agent.dual_lr", lambda v: v > 0, "> 0"),
+    ("agent.lam_scale", lambda v: v > 0, "> 0"),
+    ("agent.grad_clip_norm", lambda v: v > 0, "> 0"),
+    ("agent.tau", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("agent.rho", lambda v: v >= 0, ">= 0"),
+    ("agent.kl_ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("agent.lam_min", lambda v: v > 0, "> 0"),
+    ("online_steps", lambda v: v >= 0, ">= 0"),
+    ("online_start_steps", lambda v: v >= 0, ">= 0"),
+    ("bc_steps", lambda v: v >= 0, ">= 0"),
+    ("offline_steps", lambda v: v >= 0, ">= 0"),
+    ("keep_checkpoints", lambda v: v >= 1, ">= 1"),
+    ("shards_in_memory", lambda v: v >= 0, ">= 0 (0: as many as fit)"),
+    ("shard_rotate_every", lambda v: v >= 1, ">= 1"),
+    ("dataset_memory_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
+)
+
+
+def check_values(config) -> None:
+    """One ConfigError naming the field, its value and what is allowed."""
+    for name, ok, allowed in _RANGES:
+        value = config
+        for part in name.split("."):
+            value = value.get(part) if hasattr(value, "get") else None
+        if value is not None and not ok(value):
+            raise ConfigError(f"config.{name}={value!r} is out of range: it must be {allowed}.")
+    if config.agent.lam_min > config.agent.lam_max:
+        raise ConfigError(f"config.agent.lam_min={config.agent.lam_min} must not exceed "
+                          f"config.agent.lam_max={config.agent.lam_max}.")
+    if config.matmul_precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"config.matmul_precision={config.matmul_precision!r} is unknown: use one of "
+                          f"{', '.join(MATMUL_PRECISIONS)}.")
+
+
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+
+
 def check_schedule(config, horizon: int) -> None:
     """Step counts must be whole numbers of scanned calls; say which field to change."""
     every = config.log_every
@@ -95,7 +154,7 @@ def check_schedule(config, horizon: int) -> None:
             if getattr(config, name) % horizon:
                 raise ConfigError(f"config.{name}={getattr(config, name)} must be a multiple of the chunk length "
                                   f"H={horizon} in the online phase.")
-    if config.eval_episodes % config.eval_envs_per_seed:
+    if config.eval_envs_per_seed is not None and config.eval_episodes % config.eval_envs_per_seed:
         raise ConfigError(f"config.eval_envs_per_seed={config.eval_envs_per_seed} must divide "
                           f"config.eval_episodes={config.eval_episodes}.")
     if config.num_seeds < 1:
@@ -112,10 +171,16 @@ def task_list(config, shard: str = "") -> Tuple[str, ...]:
         tasks = (config.env_name,)
     if not shard:
         return tasks
+    if not config.suite:
+        raise ConfigError(f"--shard={shard} needs a suite to slice: add --suite=ogbench50.")
     try:
         index, count = (int(x) for x in shard.split("/"))
         assert 0 <= index < count
     except (ValueError, AssertionError):
         raise ConfigError(f"--shard={shard!r} must look like i/n with 0 <= i < n, e.g. 3/10.") from None
     # Contiguous slices, so that with n = 10 each job runs one domain and pretrains its BC once.
-    return tasks[index * len(tasks) // count:(index + 1) * len(tasks) // count]
+    selected = tasks[index * len(tasks) // count:(index + 1) * len(tasks) // count]
+    if not selected:
+        raise ConfigError(f"--shard={shard} selects no task of the {len(tasks)} in {config.suite}: use n <= "
+                          f"{len(tasks)}.")
+    return selected

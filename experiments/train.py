@@ -4,20 +4,46 @@
   python -m experiments.train --config=experiments/configs/ogbench.py \
       --env_name=cube-double-play-singletask-task2-v0 --method=trqam --num_seeds=8
   python -m experiments.train --config=experiments/configs/ogbench.py --suite=ogbench50 --shard=0/10
+
+SIGTERM or SIGINT stops at the next safe point with a checkpoint there, prints one line and exits
+with 143 or 130; the same command with --resume continues (and exits at once if the run is finished).
 """
 
 import os
+import re
+import sys
 import warnings
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import checkpointing, data, pipeline, spec
+from experiments import checkpointing, data, pipeline, reference_checkpoint, spec
+from experiments.preemption import Interrupted, Preemption
 
-config_flags.DEFINE_config_file("config", "experiments/configs/quickstart.py", "Run config file.",
-                                lock_config=True)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.py")
+
+
+def _one_line(error: Exception) -> str:
+    """ml_collections and absl wrap the user's mistake in several layers; keep its words, in one line."""
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for e in chain:
+        match = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', str(e))
+        if match:
+            return f"unknown config field {match.group(2)!r}; did you mean {match.group(1)!r}?"
+    text = str(chain[-1]) if isinstance(error, flags.Error) and len(chain) > 1 else str(error)
+    text = re.sub(r"Attempted \[[^]]*\]:", "", text)
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+try:  # config_flags reads the --config.* overrides from sys.argv here, at definition time
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Run config file.", lock_config=True)
+except Exception as e:  # a typo in a field, a bad value or a missing file: the user's input
+    raise SystemExit(f"Error in the command line: {_one_line(e)}") from None
 flags.DEFINE_string("env_name", None, "OGBench single-task env id (overrides config.env_name).")
 flags.DEFINE_enum("method", None, ["trqam", "qam", "bc"], "Method (overrides config.method).")
+flags.DEFINE_integer("seed", None, "Base seed; seed i of the run is seed + i (overrides config.seed).")
 flags.DEFINE_integer("num_seeds", None, "Seeds trained in parallel (overrides config.num_seeds).")
 flags.DEFINE_integer("bc_steps", None, "BC pretraining steps (overrides config.bc_steps).")
 flags.DEFINE_integer("offline_steps", None, "Offline steps (overrides config.offline_steps).")
@@ -26,42 +52,66 @@ flags.DEFINE_string("output_dir", None, "Root of the run directories (overrides 
 flags.DEFINE_string("dataset_dir", None, "OGBench dataset directory (overrides config.dataset_dir).")
 flags.DEFINE_string("suite", None, "'ogbench50' runs the 50 tasks (overrides config.suite).")
 flags.DEFINE_string("shard", "", "i/n: run the i-th of n slices of the suite (cluster job arrays).")
-flags.DEFINE_bool("resume", False, "Continue the runs in an existing output directory.")
+flags.DEFINE_bool("resume", False, "Continue the runs in an existing output directory: a run that does not exist "
+                  "starts, a partial one continues, a finished one is left as it is.")
 flags.DEFINE_bool("report", True, "Write the results table and curves under <output_dir>/report at the end.")
 FLAGS = flags.FLAGS
 
-OVERRIDES = ("env_name", "method", "num_seeds", "bc_steps", "offline_steps", "online_steps", "output_dir",
+OVERRIDES = ("env_name", "method", "seed", "num_seeds", "bc_steps", "offline_steps", "online_steps", "output_dir",
              "dataset_dir", "suite")
 # Errors that are the user's to fix: print the message alone, no traceback.
 USER_ERRORS = (data.DataError, spec.ConfigError, pipeline.RunDirExistsError, pipeline.ConfigMismatchError,
-               pipeline.TrainingDivergedError, checkpointing.CheckpointError)
+               pipeline.TrainingDivergedError, checkpointing.CheckpointError,
+               reference_checkpoint.ReferenceCheckpointError)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    checkpointing.quiet_orbax()
     warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # ogbench's Box spaces
     warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")  # glfw without a screen
-    config = FLAGS.config
-    config.update_from_flattened_dict({k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None})
+    preempt = Preemption().install()
     try:
-        for env_name in spec.task_list(config, FLAGS.shard):
+        config = FLAGS.config
+        config.get("seed")  # ml_collections defers a failed load until first access
+    except Exception as e:  # the config file could not be loaded
+        raise SystemExit(f"Error in the command line: {_one_line(e.__cause__ or e)}") from None
+    try:
+        config.update_from_flattened_dict({k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None})
+        import jax
+
+        jax.config.update("jax_default_matmul_precision",
+                          None if config.matmul_precision == "default" else config.matmul_precision)
+        tasks = spec.task_list(config, FLAGS.shard)
+        for env_name in tasks:  # every task's config is checked before the first one starts
+            spec.resolve(config, env_name)
+        for env_name in tasks:
             print(f"Running {env_name} ({config.method}, {config.num_seeds} seeds) ...")
-            run_dir = pipeline.run_task(config, env_name, resume=FLAGS.resume)
+            run_dir = pipeline.run_task(config, env_name, resume=FLAGS.resume, preempt=preempt)
             print(f"Finished {run_dir}")
+        if FLAGS.report:
+            from experiments import report
+
+            runs_dir = os.path.expanduser(config.output_dir)
+            try:
+                print(report.make_report(runs_dir, log=print))
+            except report.ReportError as e:
+                raise SystemExit(f"Error while writing the report: {e}") from None
     except USER_ERRORS as e:
         raise SystemExit(f"Error: {e}") from None
-    if FLAGS.report:
-        from experiments import report
+    except Interrupted as e:
+        print(e.message(), file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
-        runs_dir = os.path.expanduser(config.output_dir)
-        try:
-            print(report.make_report(runs_dir))
-        except report.ReportError as e:
-            raise SystemExit(f"Error while writing the report: {e}") from None
-        print(f"Table and curves written to {os.path.join(runs_dir, 'report')}")
+
+def parse_flags(argv):
+    """absl's parser, with a bad flag or config field (e.g. a typo) reported in one line."""
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # absl and ml_collections raise several types; all are the user's input
+        raise SystemExit(f"Error in the command line: {_one_line(e)}") from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

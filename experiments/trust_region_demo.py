@@ -19,7 +19,7 @@ Runs (each vmapped over seeds; every fine-tuning run starts from the BC run of t
   fixed   TRQAM with the dual frozen (dual_lr = 0, lam = lambda_eff / lam_scale set per state, so all
           lambdas share one compiled function) at fixed lambda_eff, true critic: the measured path KL
           against the closed form C / lambda_eff^2. (QAM at inv_temp = 1 / lambda_eff has the same loss
-          up to the factor lambda_eff, SPEC 5, but Adam and the global-norm clip see it scaled.)
+          up to the factor lambda_eff, conventions §5, but Adam and the global-norm clip see it scaled.)
   qam     QAM at fixed inverse temperatures beta (true and perturbed critic).
 Evaluation uses ODE samples of each policy (`make_act_fn`, how the policy acts): the true expected
 reward E[Q_true(a)], a histogram estimate of KL(pi_theta || pi_0) on the actions (also for the terminal
@@ -168,7 +168,7 @@ def sample_policy(act, actor_params, num: int, seed: int) -> np.ndarray:
 
 
 def make_sde_sampler(nets: agent.Networks, num_steps: int):
-    """Terminal actions (clipped) of the memoryless SDE rollout of SPEC 3 -- the process whose path KL
+    """Terminal actions (clipped) of the memoryless SDE rollout of conventions §3 -- the process whose path KL
     the trust region measures -- for seed-stacked (actor, actor_ref): (S, num)."""
 
     def one_state(actor, actor_ref, key, num):
@@ -200,7 +200,7 @@ def tilt_weights(base: np.ndarray, critic: str, lam: float) -> np.ndarray:
 
 
 def tilted_kl(base: np.ndarray, critic: str, lam: float) -> float:
-    """KL(pi_lam || pi_0) = E_lam[Q] / lam - log E_0[exp(Q / lam)], with pi_0 the BC samples (SPEC 5)."""
+    """KL(pi_lam || pi_0) = E_lam[Q] / lam - log E_0[exp(Q / lam)], with pi_0 the BC samples (conventions §5)."""
     q = q_numpy(base, critic) / lam
     m = q.max()
     log_z = m + np.log(np.mean(np.exp(q - m)))
@@ -363,7 +363,7 @@ def make_table(cfg, summary, base_reward, lam_star, elapsed) -> str:
         "which the exact tilt pi_0 exp(Q / lambda) of pi_0 samples has KL(pi_lambda || pi_0) = eps. "
         "Histogram KL (ODE) compares 80-bin histograms of the acting policy's ODE samples with pi_0's "
         "(actor_ref at the end of the run); histogram KL (SDE) does the same for the terminal actions of "
-        "the memoryless SDE rollout (SPEC 3), the process whose path KL KL_hat estimates, so it should "
+        "the memoryless SDE rollout (conventions §3), the process whose path KL KL_hat estimates, so it should "
         "not exceed KL_hat. E[Q_true] and E[Q_critic] are over the acting policy's ODE samples.",
         "",
         "## 1. TRQAM: the measured path KL settles at the budget",

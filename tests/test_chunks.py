@@ -1,4 +1,4 @@
-"""Chunk sampling (SPEC 9) and online replay (SPEC 10) against a slow, obviously-correct loop."""
+"""Chunk sampling (conventions §9) and online replay (conventions §10) against a slow, obviously-correct loop."""
 
 import functools
 
@@ -45,7 +45,7 @@ def make_transitions(traj_lengths, seed=0, mask_zero_rows=()):
 
 
 def reference_chunk(d, i, horizon, gamma, size=None):
-    """Slow loop over k following SPEC 9 word by word."""
+    """Slow loop over k following conventions §9 word by word."""
     size = len(d['rewards']) if size is None else size
     valid_steps = [0]  # the first step is always valid
     for k in range(1, horizon):

@@ -1,4 +1,4 @@
-"""OGBench loading (SPEC 9/10) on tiny hand-made npz files: relabeling, sparse rewards, clipping,
+"""OGBench loading (conventions §9/10) on tiny hand-made npz files: relabeling, sparse rewards, clipping,
 missing-data errors (fast, no download), env-name validation, shards and the rotating window."""
 
 import os

@@ -179,7 +179,7 @@ def test_online_envs_transitions():
     assert transitions[0].actions.shape == (num_seeds, 5)
 
     # Seed 0 (oracle) solves the task: the terminal step is the one taken from the solved state,
-    # with reward 0 and mask 0 (SPEC 9: reward = met - subgoals, mask 0 only when all are met).
+    # with reward 0 and mask 0 (conventions §9: reward = met - subgoals, mask 0 only when all are met).
     t0 = int(np.flatnonzero(terminals[0])[0])
     assert t0 < T
     assert rewards[0, t0] == 0.0 and masks[0, t0] == 0.0 and infos[t0]['episode_success'][0]
@@ -231,3 +231,30 @@ def test_async_matches_sync(evaluator):
     np.testing.assert_array_equal(a.episode_return, b.episode_return)
     np.testing.assert_array_equal(a.episode_length, b.episode_length)
     np.testing.assert_array_equal(a.episode_success, b.episode_success)
+
+
+def test_online_envs_async_matches_sync():
+    # One env per seed in one async pool: the same transitions as in-process envs, resets included.
+    out = {}
+    for vectorization in ('sync', 'async'):
+        with ev.OnlineEnvs(ENV, 2, seed=3, max_episode_steps=7, vectorization=vectorization) as envs:
+            rng = np.random.default_rng(0)
+            steps = []
+            for _ in range(16):
+                tr, info = envs.step(rng.uniform(-1, 1, (2, 3, 5)))
+                steps.append((tr, info))
+            out[vectorization] = steps
+    assert sum(info['done'].sum() for _, info in out['sync']) == 4  # 16 steps, episodes of 7, 2 seeds
+    for (a, info_a), (b, info_b) in zip(out['sync'], out['async']):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        for k in info_a:
+            np.testing.assert_array_equal(info_a[k], info_b[k])
+
+
+def test_benchmark_workers_flag():
+    assert ev._parse_workers('1,2,4') == [1, 2, 4]
+    auto = ev._parse_workers('auto')
+    assert auto[0] == 1 and auto[-1] == ev.available_cpus() and auto == sorted(set(auto))
+    with pytest.raises(ValueError):
+        ev._parse_workers('0,2')

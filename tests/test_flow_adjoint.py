@@ -23,7 +23,7 @@ def nonlinear_field(x, t):
 
 @pytest.mark.parametrize("num_steps,expected", [(10, 0.618), (20, 0.556), (100, 0.510)])
 def test_closed_form_constant_matches_spec(num_steps, expected):
-    # Q(a) = a, so a_K = -1; the discrete C of SPEC 5 is tabulated there.
+    # Q(a) = a, so a_K = -1; the discrete C of conventions §5 is tabulated there.
     states = jnp.zeros((num_steps, 1))  # the Jacobian of this linear field does not depend on x
     adjoints = adj.lean_adjoint(gaussian_rectified_flow, states, -jnp.ones(1), num_steps)
     assert round(float(adj.kl_constant(adjoints, num_steps)), 3) == expected
@@ -41,6 +41,15 @@ def test_closed_form_constant_tends_to_continuous_value():
     np.testing.assert_allclose(adj.kl_constant(a2, 10), 4 * 0.6179768, rtol=1e-5)
     kls = [float(adj.closed_form_kl(0.618, lam)) for lam in (0.5, 1.0, 2.0)]
     assert kls[0] > kls[1] > kls[2]
+
+
+def test_closed_form_kl_is_constant_over_lambda_squared():
+    # KL*(lambda) = C / lambda_eff^2, by hand at two multipliers (C / lambda would give 1.236 and 0.309).
+    np.testing.assert_allclose(adj.closed_form_kl(0.618, 0.5), 2.472, rtol=1e-6)
+    np.testing.assert_allclose(adj.closed_form_kl(0.618, 2.0), 0.1545, rtol=1e-6)
+    # With the C of the Gaussian check of conventions §5 at K = 10, and lambda_eff = 3 * 0.5.
+    a = adj.lean_adjoint(gaussian_rectified_flow, jnp.zeros((10, 1)), -jnp.ones(1), 10)
+    np.testing.assert_allclose(adj.closed_form_kl(adj.kl_constant(a, 10), 1.5), 0.6179768 / 2.25, rtol=1e-5)
 
 
 def test_lean_adjoint_equals_grad_through_unrolled_euler_of_reference_drift():
@@ -114,17 +123,19 @@ def _random_diff_and_adjoint(k=5, d=4):
 
 
 def test_adjoint_matching_loss_matches_hand_sum():
+    # The differences and adjoints vary with the step i and the dimension, so per-step weights show.
     k, d = 5, 4
     diff, adjoints = _random_diff_and_adjoint(k, d)
-    lam_eff = 0.7
-    total = 0.0
-    for i in range(k):
-        t = i / k
-        sigma = np.sqrt(2 * (1 - t + 1 / k) / (t + 1 / k)) / np.sqrt(lam_eff)
-        for j in range(d):
-            total += (2 * float(diff[i, j]) / sigma + sigma * float(adjoints[i, j])) ** 2
-    loss = adj.adjoint_matching_loss(diff, adjoints, k, adj.trqam_scales(lam_eff))
-    np.testing.assert_allclose(loss, total, rtol=1e-5)
+    for lam_eff, inv_temp in ((0.7, None), (None, 2.5)):
+        total = 0.0
+        for i in range(k):
+            t = i / k
+            g = np.sqrt(2 * (1 - t + 1 / k) / (t + 1 / k))
+            sigma, a_scale = (g / np.sqrt(lam_eff), 1.0) if inv_temp is None else (g, inv_temp)
+            for j in range(d):
+                total += (2 * float(diff[i, j]) / sigma + sigma * a_scale * float(adjoints[i, j])) ** 2
+        scales = adj.trqam_scales(lam_eff) if inv_temp is None else adj.qam_scales(inv_temp)
+        np.testing.assert_allclose(adj.adjoint_matching_loss(diff, adjoints, k, scales), total, rtol=1e-5)
 
 
 @pytest.mark.parametrize("lam_eff", [0.05, 1.0, 3.0, 40.0])
@@ -143,3 +154,18 @@ def test_path_kl_estimate_zero_and_constant_offset():
     expected *= float(jnp.sum(offset**2)) / horizon
     diff = jnp.broadcast_to(offset, (k, d))
     np.testing.assert_allclose(adj.path_kl_estimate(diff, k, horizon), expected, rtol=1e-5)
+
+
+def test_path_kl_estimate_step_dependent_differences_match_hand_sum():
+    # d_i varies with the step and the dimension, H > 1: (1/H) sum_i (2 h / g_i^2) sum_j d_ij^2.
+    k, d, horizon = 5, 4, 3
+    diff, _ = _random_diff_and_adjoint(k, d)
+    h, total = 1.0 / k, 0.0
+    for i in range(k):
+        g_sq = 2 * (1 - i * h + h) / (i * h + h)
+        total += 2 * h / g_sq * sum(float(diff[i, j]) ** 2 for j in range(d))
+    np.testing.assert_allclose(adj.path_kl_estimate(diff, k, horizon), total / horizon, rtol=1e-5)
+    # Weights by hand at K = 5: 2h / g_i^2 = h (t_i + h) / (1 - t_i + h) = 0.2 * [1/6, 2/5, 3/4, 4/3, 5/2]^T.
+    one_hot = jnp.eye(k)[:, :1]  # ||d_i||^2 = 1 at step i only, for each i in turn
+    weights = [float(adj.path_kl_estimate(jnp.roll(one_hot, i, axis=0), k, 1)) for i in range(k)]
+    np.testing.assert_allclose(weights, 0.2 * np.array([1 / 6, 2 / 5, 3 / 4, 4 / 3, 5 / 2]), rtol=1e-5)

@@ -25,16 +25,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    from experiments import make_dataset
-
-    path = str(tmp_path_factory.mktemp("data"))
-    make_dataset.generate_dataset("cube-single-play-v0", path, num_episodes=8, episode_length=101, num_workers=1,
-                                  progress=False)
-    return path
-
-
 def tiny_config(dataset_dir, output_dir, **overrides):
     config = quickstart.get_config()
     config.update_from_flattened_dict({**TINY, "dataset_dir": dataset_dir, "output_dir": str(output_dir),
@@ -59,7 +49,8 @@ def test_smoke_real_entry_point_offline_then_online(dataset_dir, tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     evals = read_csv(os.path.join(run_dir(tmp_path), "eval.csv"))
-    assert [(r["step"], r["phase"]) for r in evals[::2]] == [("100", "offline"), ("200", "offline"), ("250", "online")]
+    assert [(r["step"], r["phase"]) for r in evals[::2]] == [("0", "offline"), ("100", "offline"), ("200", "offline"),
+                                                             ("250", "online")]
     train = read_csv(os.path.join(run_dir(tmp_path), "train.csv"))
     assert {r["phase"] for r in train} == {"offline", "online"}
     assert all(np.isfinite(float(r["kl_hat"])) for r in train)
@@ -185,7 +176,7 @@ def test_configs_resolve_every_task_with_the_spec_table():
     config.lock()
     for env_name in spec.task_list(tiny_config("unused", "unused", suite="ogbench50")):
         spec.resolve(config, env_name)
-    # Hand-copied rows of SPEC section 10.
+    # Hand-copied rows of conventions §10.
     hm = spec.resolve(config, "humanoidmaze-large-navigate-singletask-task3-v0")
     assert (hm.horizon, hm.offline.discount, hm.offline.rho, hm.eval_steps) == (1, 0.999, 0.0, 2000)
     p44 = spec.resolve(config, "puzzle-4x4-play-singletask-task5-v0")

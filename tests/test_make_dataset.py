@@ -330,3 +330,122 @@ def test_cli_navigation_error_is_one_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert 'antmaze-giant-navigate-v0' in lines[0] and 'internet' in lines[0]
     assert 'Traceback' not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# A killed generation: the workers die with their parent, and the next run cleans up after it.
+
+# Big enough that orphaned workers would still be collecting 2 s after the kill (about 3000 rows).
+_KILL_ARGS = dict(num_episodes=30, episode_length=100, val_fraction=0.1, seed=3, chunk_episodes=1)
+
+
+def _proc_state(pid):
+    """The /proc state letter of pid, or None when the process no longer exists."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _children(pid):
+    out = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            try:
+                with open(f'/proc/{name}/stat') as f:
+                    if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _alive(pid):
+    return _proc_state(pid) not in (None, 'Z')
+
+
+def _hidden(directory):
+    return sorted(n for n in os.listdir(directory) if n.startswith('.'))
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc')
+def test_workers_die_with_a_killed_parent_and_the_next_run_cleans_up(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / 'data'
+    out.mkdir()
+    script = (
+        'import sys; from experiments import make_dataset as md; '
+        f'md.generate_dataset("cube-single-play-v0", sys.argv[1], num_workers=2, progress=False, **{_KILL_ARGS!r})'
+    )
+    parent = subprocess.Popen([sys.executable, '-c', script, str(out)], cwd=REPO_ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 180
+        while not any(n.endswith('.part.tmp') for n in os.listdir(out)):  # the workers are writing
+            assert parent.poll() is None and time.time() < deadline, 'no part file appeared'
+            time.sleep(0.02)
+        workers = _children(parent.pid)
+        assert len(workers) >= 2
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 2
+        while any(_alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in workers if _alive(p)], 'worker processes outlived their killed parent'
+    finally:
+        for p in workers:  # Never leave orphans behind, even when the check fails.
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+    stale = _hidden(out)
+    assert stale and not any(n.endswith('.npz') for n in os.listdir(out))  # the kill left part files
+    time.sleep(1.0)
+    assert _hidden(out) == stale  # and nothing writes new ones
+
+    # The next run removes the stale part files and writes the same bytes as an uninterrupted run
+    # (the same bytes for any worker count: test_same_seed_same_bytes_any_worker_count).
+    written = md.generate_dataset('cube-single-play-v0', str(out), num_workers=2, progress=False, **_KILL_ARGS)
+    assert len(written) == 2
+    assert sorted(os.listdir(out)) == ['cube-single-play-v0-val.npz', 'cube-single-play-v0.npz']
+    md.generate_dataset('cube-single-play-v0', str(tmp_path / 'ref'), num_workers=2, progress=False, **_KILL_ARGS)
+    for name in ('cube-single-play-v0.npz', 'cube-single-play-v0-val.npz'):
+        assert _sha256(out / name) == _sha256(tmp_path / 'ref' / name)
+
+
+def test_stale_temporaries_of_live_processes_and_other_datasets_are_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()  # a pid that no longer exists
+    names = {
+        f'.cube-single-play-v0.npz.{dead.pid}-0123abcd.0-000001.part.tmp': False,  # stale part: removed
+        f'.cube-single-play-v0-val.npz.{dead.pid}-0123abcd.tmp': False,  # stale merge file: removed
+        f'.cube-single-play-v0.npz.{os.getppid()}-0123abcd.0-000001.part.tmp': True,  # live writer
+        f'.cube-double-play-v0.npz.{dead.pid}-0123abcd.0-000001.part.tmp': True,  # another dataset
+        '.unrelated.tmp': True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b'x')
+    units = md._plan_units(md.parse_dataset_name('cube-single-play-v0'), str(tmp_path), None, 0)
+    removed = md.remove_stale_temporaries(units)
+    assert sorted(os.path.basename(p) for p in removed) == sorted(n for n, keep in names.items() if not keep)
+    assert sorted(os.listdir(tmp_path)) == sorted(n for n, keep in names.items() if keep)
+
+
+def test_ten_m_layout_equals_the_first_shards_of_the_100m_release(tmp_path):
+    """`<domain>-play-10m-v0` (named by the launcher's missing-data message) is shards 000-009."""
+    spec = md.parse_dataset_name('cube-single-play-10m-v0')
+    assert (spec.sharded, spec.file_stem, spec.max_shards) == (True, 'cube-single-play-v0', 10)
+    paths = md.dataset_file_paths('cube-single-play-10m-v0', '/d')
+    assert len(paths) == 10 and paths[-1][0] == '/d/cube-single-play-10m-v0/cube-single-play-v0-009.npz'
+    with pytest.raises(md.MakeDatasetError, match='shards 0..9'):
+        md.dataset_file_paths('cube-single-play-10m-v0', '/d', num_shards=2, shard_start=9)
+    kw = dict(num_episodes=1, episode_length=20, val_fraction=0.1, progress=False, num_shards=1, shard_start=1)
+    md.generate_dataset('cube-single-play-10m-v0', str(tmp_path), **kw)
+    md.generate_dataset('cube-single-play-100m-v0', str(tmp_path), **kw)
+    for name in ('cube-single-play-v0-001.npz', 'cube-single-play-v0-001-val.npz'):
+        assert _sha256(tmp_path / 'cube-single-play-10m-v0' / name) == \
+            _sha256(tmp_path / 'cube-single-play-100m-v0' / name)

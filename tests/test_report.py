@@ -1,7 +1,9 @@
 """experiments/report.py on synthetic run directories, against scores derived by hand below."""
 
 import csv
+import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -20,7 +22,7 @@ def env(domain, task):
 
 
 def write_run(runs_dir, env_name, method, final_offline, final_online=None, train=True,
-              offline_step=1000, online_step=2000):
+              offline_step=1000, online_step=2000, config=None, task_spec=None):
     """eval.csv with, per seed, the final offline eval, two earlier offline evals (other values)
     and, when final_online is given, an online eval at 1500 (another value) and the final one. The
     final offline row comes first in the file and the online rows last: scores must come from steps
@@ -28,7 +30,10 @@ def write_run(runs_dir, env_name, method, final_offline, final_online=None, trai
     run_dir = os.path.join(runs_dir, env_name, method)
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        f.write('{"method": "%s"}' % method)
+        json.dump(config or {"method": method}, f)
+    if task_spec is not None:
+        with open(os.path.join(run_dir, "task.json"), "w") as f:
+            json.dump(task_spec, f)
     lines = ["step,phase,seed,success,episode_return"]
     for seed, value in final_offline.items():
         lines.append(f"{offline_step},offline,{seed},{value},-5.0")
@@ -79,7 +84,7 @@ def read_results(path):
 def check(results, key, mean, std, num_seeds, num_tasks):
     r = results[key]
     assert float(r["mean"]) == pytest.approx(mean, abs=1e-6), key
-    assert float(r["std"]) == pytest.approx(std, abs=1e-6), key
+    assert float(r["std_ddof1"]) == pytest.approx(std, abs=1e-6), key
     assert (int(r["num_seeds"]), int(r["num_tasks"])) == (num_seeds, num_tasks), key
 
 
@@ -88,35 +93,36 @@ def test_results_csv_by_hand(runs_dir, tmp_path):
     report.make_report(runs_dir, out, plots=False)
     res = read_results(os.path.join(out, "results.csv"))
 
-    # trqam offline, tasks (seed 0, seed 1 -> mean, population std), in percent.
-    check(res, ("task", env(CD, 1), "trqam", "offline"), 60.0, 10.0, 2, 1)  # .5 .7
-    check(res, ("task", env(CD, 2), "trqam", "offline"), 30.0, 10.0, 2, 1)  # .4 .2
+    # trqam offline, tasks (seed 0, seed 1 -> mean, sample std with ddof=1), in percent. Two seeds
+    # a, b: std = |a - b| / sqrt(2), so a gap of 20 points gives 14.142136.
+    check(res, ("task", env(CD, 1), "trqam", "offline"), 60.0, 14.142136, 2, 1)  # .5 .7
+    check(res, ("task", env(CD, 2), "trqam", "offline"), 30.0, 14.142136, 2, 1)  # .4 .2
     check(res, ("task", env(CD, 3), "trqam", "offline"), 60.0, 0.0, 2, 1)   # .6 .6
-    check(res, ("task", env(AL, 1), "trqam", "offline"), 90.0, 10.0, 2, 1)  # 1. .8
-    check(res, ("task", env(AL, 5), "trqam", "offline"), 55.0, 5.0, 2, 1)   # .6 .5
+    check(res, ("task", env(AL, 1), "trqam", "offline"), 90.0, 14.142136, 2, 1)  # 1. .8
+    check(res, ("task", env(AL, 5), "trqam", "offline"), 55.0, 7.071068, 2, 1)   # .6 .5
     # Domains, per seed first: cube-double seed 0 = (.5+.4+.6)/3 = .5, seed 1 = (.7+.2+.6)/3 = .5
-    # -> 50.0 +- 0.0 (averaging the task stds would give 6.7). antmaze-large seed 0 =
-    # (1+.9+.8+.7+.6)/5 = .8, seed 1 = (.8+.9+.6+.7+.5)/5 = .7 -> 75.0 +- 5.0.
+    # -> 50.0 +- 0.0 (averaging the task stds would give 9.4). antmaze-large seed 0 =
+    # (1+.9+.8+.7+.6)/5 = .8, seed 1 = (.8+.9+.6+.7+.5)/5 = .7 -> 75.0 +- 7.071068.
     check(res, ("domain", CD, "trqam", "offline"), 50.0, 0.0, 2, 3)
-    check(res, ("domain", AL, "trqam", "offline"), 75.0, 5.0, 2, 5)
-    # Overall, per seed: seed 0 = (.5+.8)/2 = .65, seed 1 = (.5+.7)/2 = .6 -> 62.5 +- 2.5.
-    check(res, ("overall", "overall", "trqam", "offline"), 62.5, 2.5, 2, 8)
+    check(res, ("domain", AL, "trqam", "offline"), 75.0, 7.071068, 2, 5)
+    # Overall, per seed: seed 0 = (.5+.8)/2 = .65, seed 1 = (.5+.7)/2 = .6 -> 62.5 +- 3.535534.
+    check(res, ("overall", "overall", "trqam", "offline"), 62.5, 3.535534, 2, 8)
 
     # trqam online (only cube-double has online rows): tasks .9/1 .6/.8 .3/.3; domain seed 0 =
-    # 1.8/3 = .6, seed 1 = 2.1/3 = .7 -> 65.0 +- 5.0; overall = that one domain.
-    check(res, ("task", env(CD, 1), "trqam", "online"), 95.0, 5.0, 2, 1)
-    check(res, ("task", env(CD, 2), "trqam", "online"), 70.0, 10.0, 2, 1)
-    check(res, ("domain", CD, "trqam", "online"), 65.0, 5.0, 2, 3)
-    check(res, ("overall", "overall", "trqam", "online"), 65.0, 5.0, 2, 3)
+    # 1.8/3 = .6, seed 1 = 2.1/3 = .7 -> 65.0 +- 7.071068; overall = that one domain.
+    check(res, ("task", env(CD, 1), "trqam", "online"), 95.0, 7.071068, 2, 1)
+    check(res, ("task", env(CD, 2), "trqam", "online"), 70.0, 14.142136, 2, 1)
+    check(res, ("domain", CD, "trqam", "online"), 65.0, 7.071068, 2, 3)
+    check(res, ("overall", "overall", "trqam", "online"), 65.0, 7.071068, 2, 3)
     assert ("domain", AL, "trqam", "online") not in res
 
-    # qam: task1 over its 3 seeds (.2 .4 .9): mean .5, var (.09+.01+.16)/3 -> std 29.4392;
+    # qam: task1 over its 3 seeds (.2 .4 .9): mean .5, var (.09+.01+.16)/2 = .13 -> std 36.055513;
     # domain over the seeds common to task1 and task2 (0, 1): seed 0 = (.2+.4)/2 = .3,
-    # seed 1 = (.4+.6)/2 = .5 -> 40.0 +- 10.0.
-    check(res, ("task", env(CD, 1), "qam", "offline"), 50.0, 29.439203, 3, 1)
-    check(res, ("task", env(CD, 2), "qam", "offline"), 50.0, 10.0, 2, 1)
-    check(res, ("domain", CD, "qam", "offline"), 40.0, 10.0, 2, 2)
-    check(res, ("overall", "overall", "qam", "offline"), 40.0, 10.0, 2, 2)
+    # seed 1 = (.4+.6)/2 = .5 -> 40.0 +- 14.142136.
+    check(res, ("task", env(CD, 1), "qam", "offline"), 50.0, 36.055513, 3, 1)
+    check(res, ("task", env(CD, 2), "qam", "offline"), 50.0, 14.142136, 2, 1)
+    check(res, ("domain", CD, "qam", "offline"), 40.0, 14.142136, 2, 2)
+    check(res, ("overall", "overall", "qam", "offline"), 40.0, 14.142136, 2, 2)
     assert res[("domain", CD, "qam", "offline")]["seeds"] == "0 1"
     assert "seed(s) 2" in res[("domain", CD, "qam", "offline")]["notes"]
     assert not any(k[2] == "qam" and k[3] == "online" for k in res)
@@ -128,22 +134,26 @@ def test_markdown(runs_dir, tmp_path):
     assert md == (tmp_path / "out" / "results.md").read_text()
     lines = md.splitlines()
     header = next(l for l in lines if l.startswith("| task |"))
-    assert header == "| task | trqam offline | trqam online | qam offline |"
-    assert "ddof=0" in md
+    assert header == ("| task | trqam offline | trqam online | qam offline | QAM (published) | FQL (published) "
+                      "| TRQAM (published) |")
+    assert "sample std, ddof=1" in md
     row = lambda label: next(l for l in lines if l.startswith(f"| {label} |"))
-    # Tasks grouped under domains (antmaze-large first: SPEC order), domain means, then overall.
-    assert lines.index(f"| **{AL}** | | | |") < lines.index(f"| **{CD}** | | | |") < lines.index(
-        "| **domain mean** | | | |") < lines.index(row("**overall**"))
+    # Tasks grouped under domains (antmaze-large first: the protocol table order of docs/conventions.md §10), domain means, then overall.
+    assert lines.index(f"| **{AL}** | | | | | | |") < lines.index(f"| **{CD}** | | | | | | |") < lines.index(
+        "| **domain mean** | | | | | | |") < lines.index(row("**overall**"))
     cd_rows = [l for l in lines if l.startswith(f"| {CD} |")]
     assert len(cd_rows) == 1
-    assert cd_rows[0].startswith(f"| {CD} | 50.0 ± 0.0 (3/5 tasks) | 65.0 ± 5.0 (3/5 tasks) | "
-                                 "40.0 ± 10.0 (2/5 tasks) [")
-    assert row(AL) == f"| {AL} | 75.0 ± 5.0 | – | – |"
-    assert row("**overall**") == ("| **overall** | 62.5 ± 2.5 (2/10 domains) | "
-                                  "65.0 ± 5.0 (1/10 domains) | 40.0 ± 10.0 (1/10 domains) |")
+    assert cd_rows[0].startswith(f"| {CD} | 50.0 ± 0.0 (3/5 tasks) | 65.0 ± 7.1 (3/5 tasks) | "
+                                 "40.0 ± 14.1 (2/5 tasks) [")
+    # The published columns: the QAM paper's per-domain QAM / FQL, and TRQAM's overall only.
+    assert cd_rows[0].endswith("| 64 | 46 | – |")
+    assert row(AL) == f"| {AL} | 75.0 ± 7.1 | – | – | 81 | 76 | – |"
+    assert row("**overall**") == ("| **overall** | 62.5 ± 3.5 (2/10 domains) | "
+                                  "65.0 ± 7.1 (1/10 domains) | 40.0 ± 14.1 (1/10 domains) | 44 | 36 | 68 |")
     task_rows = [l for l in lines if l.startswith("| task1 |")]
-    assert task_rows[0] == "| task1 | 90.0 ± 10.0 | – | – |"
-    assert task_rows[1] == "| task1 | 60.0 ± 10.0 | 95.0 ± 5.0 | 50.0 ± 29.4 |"
+    assert task_rows[0] == "| task1 | 90.0 ± 14.1 | – | – | – | – | – |"
+    assert task_rows[1] == "| task1 | 60.0 ± 14.1 | 95.0 ± 7.1 | 50.0 ± 36.1 | – | – | – |"
+    assert "not computed from these runs" in md and "QAM-E 46" in md
     assert "seed(s) common to its tasks (0, 1): task2 lacks seed(s) 2" in md
 
 
@@ -163,20 +173,20 @@ def test_seeds_not_common(tmp_path):
     write_run(d, env(CD, 1), "bc", {0: 0.5}, train=False)
     write_run(d, env(CD, 2), "bc", {1: 0.5}, train=False)
     rows = {(r.level, r.name, r.method): r for r in report.aggregate(report.load_runs(d), "offline")}
-    # antmaze-large over seeds 0-2: .8 .8 .05 -> mean .55, std sqrt((.0625*2+.25)/3) = .35355.
+    # antmaze-large over seeds 0-2: .8 .8 .05 -> mean .55, std sqrt((.0625*2+.25)/2) = .4330127.
     r = rows[("domain", AL, "trqam")]
     assert (r.mean, r.num_seeds, r.notes) == (pytest.approx(55.0), 3, ())
-    assert r.std == pytest.approx(35.355339)
-    # Overall over seeds 0, 1 (cube-double lacks 2): (.2+.8)/2 = .5, (.4+.8)/2 = .6 -> 55.0 +- 5.0.
+    assert r.std == pytest.approx(43.30127)
+    # Overall over seeds 0, 1 (cube-double lacks 2): (.2+.8)/2 = .5, (.4+.8)/2 = .6 -> 55.0 +- 7.07.
     r = rows[("overall", "overall", "trqam")]
-    assert (r.mean, r.std, r.num_seeds) == (pytest.approx(55.0), pytest.approx(5.0), 2)
+    assert (r.mean, r.std, r.num_seeds) == (pytest.approx(55.0), pytest.approx(7.0710678), 2)
     assert r.notes == (f"over the 2 seed(s) common to its domains (0, 1): {CD} lacks seed(s) 2",)
     # bc: no seed common to task1 and task2 -> a NaN domain row, and no overall row.
     r = rows[("domain", CD, "bc")]
     assert r.num_seeds == 0 and np.isnan(r.mean) and "no seed common to its tasks" in r.notes[0]
     assert ("overall", "overall", "bc") not in rows
     md = report.to_markdown(list(rows.values()))
-    assert f"| {CD} | 30.0 ± 10.0 (1/5 tasks) | – (2/5 tasks) [1] |" in md
+    assert f"| {CD} | 30.0 ± 14.1 (1/5 tasks) | – (2/5 tasks) [1] |" in md
 
 
 def test_plots(runs_dir, tmp_path):
@@ -206,7 +216,7 @@ def test_curve_helpers():
     assert {s: (list(a), list(b)) for s, (a, b) in curves.items()} == {
         0: ([0, 100, 200], [1.0, 3.0, 5.0]), 1: ([0], [3.0])}
     steps, mean, std = report.band(curves)
-    assert list(steps) == [0] and mean[0] == 2.0 and std[0] == 1.0
+    assert list(steps) == [0] and mean[0] == 2.0 and std[0] == pytest.approx(np.sqrt(2))  # 1, 3: ddof=1
     assert report.seed_curves(table, "absent") == {}
 
 
@@ -269,9 +279,12 @@ def test_cli(tmp_path):
     write_run(d, env(CD, 1), "trqam", {0: 0.5, 1: 0.7}, {0: 0.9, 1: 1.0})
     proc = _cli(f"--runs_dir={d}")
     assert proc.returncode == 0, proc.stderr
-    assert "| task1 | 60.0 ± 10.0 | 95.0 ± 5.0 |" in proc.stdout
+    assert "| task1 | 60.0 ± 14.1 | 95.0 ± 7.1 |" in proc.stdout
     out = os.path.join(d, "report")
-    assert sorted(os.listdir(out)) == ["curves", "results.csv", "results.md"]
+    assert sorted(os.listdir(out)) == ["curves", "exp_data", "results.csv", "results.md"]
+    # It says where it wrote its files.
+    assert (f"Wrote results.md, results.csv, exp_data/ours-exp-data.pkl, curves/ (2 PNGs) to {out}"
+            in proc.stdout.splitlines())
     assert set(os.listdir(os.path.join(out, "curves"))) == {f"{CD}.png", f"{env(CD, 1)}__trqam.png"}
     # A second run ignores the report folder inside runs_dir.
     assert _cli(f"--runs_dir={d}", "--noplots").returncode == 0
@@ -283,3 +296,190 @@ def test_cli(tmp_path):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"report: error: {empty}: no run directories")
+
+
+# ------------------------------------------------------------------------------ unfinished runs
+
+def test_unfinished_runs_are_marked(tmp_path):
+    d = str(tmp_path / "runs")
+    steps = {"offline_steps": 2000, "online_steps": 1000, "bc_steps": 500}
+    # task1: offline stopped at 1000 of 2000 (no online yet); task2: finished offline, online at
+    # 1500 - 1000... its online evals at steps 1500, 2000 with offline_steps 1000, online 1000 -> 1000/1000.
+    write_run(d, env(CD, 1), "trqam", {0: 0.5, 1: 0.7}, config={"method": "trqam", **steps})
+    write_run(d, env(CD, 2), "trqam", {0: 0.4, 1: 0.2}, {0: 0.6, 1: 0.8},
+              config={"method": "trqam", "offline_steps": 1000, "online_steps": 1000, "bc_steps": 500})
+    # task3: finished offline at 1000, online stopped at env step 500 of 1000 (step 1500).
+    write_run(d, env(CD, 3), "trqam", {0: 0.6, 1: 0.6}, {0: 0.3, 1: 0.3}, online_step=1500,
+              config={"method": "trqam", "offline_steps": 1000, "online_steps": 1000, "bc_steps": 500})
+    out = str(tmp_path / "out")
+    md = report.make_report(d, out, plots=False)
+    res = read_results(os.path.join(out, "results.csv"))
+    assert res[("task", env(CD, 1), "trqam", "offline")]["status"] == "unfinished: offline 1000/2000"
+    assert res[("task", env(CD, 2), "trqam", "offline")]["status"] == "final"
+    assert res[("task", env(CD, 2), "trqam", "online")]["status"] == "final"
+    assert res[("task", env(CD, 3), "trqam", "online")]["status"] == "unfinished: online 500/1000 env steps"
+    assert res[("domain", CD, "trqam", "offline")]["status"] == (
+        f"includes unfinished: {env(CD, 1)} (offline 1000/2000)")
+    assert res[("overall", "overall", "trqam", "online")]["status"].startswith("includes unfinished")
+    lines = md.splitlines()
+    task1 = next(l for l in lines if l.startswith("| task1 |"))
+    assert task1.startswith("| task1 | 60.0 ± 14.1 (unfinished: offline 1000/2000) |")
+    task3 = next(l for l in lines if l.startswith("| task3 |"))
+    assert "30.0 ± 0.0 (unfinished: online 500/1000 env steps)" in task3
+    domain = next(l for l in lines if l.startswith(f"| {CD} |"))
+    assert "(incl. unfinished) [" in domain
+    assert f"includes unfinished run(s): {env(CD, 1)} (offline 1000/2000)" in md
+
+
+def test_bc_runs_count_progress_in_bc_steps(tmp_path):
+    d = str(tmp_path / "runs")
+    write_run(d, env(CD, 1), "bc", {0: 0.5, 1: 0.5}, offline_step=300,
+              config={"method": "bc", "offline_steps": 2000, "online_steps": 0, "bc_steps": 300})
+    write_run(d, env(CD, 2), "bc", {0: 0.5, 1: 0.5}, offline_step=100,
+              config={"method": "bc", "offline_steps": 2000, "online_steps": 0, "bc_steps": 300})
+    rows = {r.name: r for r in report.aggregate(report.load_runs(d), "offline") if r.level == "task"}
+    assert rows[env(CD, 1)].progress == "" and rows[env(CD, 2)].progress == "offline 100/300"
+
+
+# --------------------------------------------------------------------- where the runs and files are
+
+def test_runs_dir_one_level_too_high_or_too_low(tmp_path, capsys):
+    top = tmp_path / "top"
+    d = str(top / "runs")
+    write_run(d, env(CD, 1), "trqam", {0: 0.5, 1: 0.7})
+    messages = []
+    md = report.make_report(str(top), plots=False, log=messages.append)
+    assert "| task1 | 60.0 ± 14.1 |" in md
+    assert os.path.isfile(os.path.join(d, "report", "results.md"))  # next to the runs it found
+    assert messages[0] == f"No runs directly in {top}; using the runs in {d}."
+    assert messages[-1] == f"Wrote results.md, results.csv, exp_data/ours-exp-data.pkl to {d}/report"
+    # Two candidate directories: say where they are.
+    write_run(str(top / "more"), env(CD, 1), "qam", {0: 0.5})
+    with pytest.raises(report.ReportError) as e:
+        report.load_runs(str(top))
+    assert f"{top / 'more'}, {d}; pass one of them as --runs_dir" in str(e.value)
+    # A run directory or a task directory: name the directory to pass.
+    with pytest.raises(report.ReportError, match=f"--runs_dir={d}$"):
+        report.load_runs(os.path.join(d, env(CD, 1), "trqam"))
+    with pytest.raises(report.ReportError, match=f"--runs_dir={d}$"):
+        report.load_runs(os.path.join(d, env(CD, 1)))
+    # Through the CLI: one line, and where the runs are.
+    proc = _cli(f"--runs_dir={os.path.join(d, env(CD, 1))}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"report: error: {os.path.join(d, env(CD, 1))} is a task directory; pass the directory that holds "
+        f"the runs: --runs_dir={d}")
+
+
+# ------------------------------------------------------------------------------ published figures
+
+def test_published_reference_rows_in_csv(runs_dir, tmp_path):
+    out = str(tmp_path / "out")
+    report.make_report(runs_dir, out, plots=False)
+    res = read_results(os.path.join(out, "results.csv"))
+    published = {k: r for k, r in res.items() if k[0] == "published"}
+    assert {(k[1], k[2]): float(r["mean"]) for k, r in published.items()} == {
+        (AL, "QAM (published)"): 81.0, (AL, "FQL (published)"): 76.0,
+        (CD, "QAM (published)"): 64.0, (CD, "FQL (published)"): 46.0,
+        ("overall", "QAM (published)"): 44.0, ("overall", "FQL (published)"): 36.0,
+        ("overall", "TRQAM (published)"): 68.0}
+    assert all(r["status"] == "published" and "not computed from these runs" in r["notes"]
+               for r in published.values())
+
+
+def test_single_seed_has_no_std(tmp_path):
+    d = str(tmp_path / "runs")
+    write_run(d, env(CD, 1), "trqam", {0: 0.5}, train=False)
+    md = report.make_report(d, str(tmp_path / "out"), plots=False)
+    assert "| task1 | 50.0 (1 seed, no std) |" in md
+
+
+# ---------------------------------------------------------------------------------- exp_data export
+
+def test_exp_data_export_layout_by_hand(runs_dir, tmp_path):
+    out = str(tmp_path / "out")
+    report.make_report(runs_dir, out, plots=False)
+    with open(os.path.join(out, "exp_data", "ours-exp-data.pkl"), "rb") as f:
+        exp = pickle.load(f)
+    with open(os.path.join(out, "exp_data", "ours-exp-data.json")) as f:
+        meta = json.load(f)["entries"]
+    # write_run's evals per seed: 0 (BC, left out), 500 (.95), 1000 (final offline), and with
+    # online rows 1500 (.05) and 2000 (final online). Rows are evaluations, columns seeds.
+    np.testing.assert_allclose(exp[(env(CD, 1), "TRQAM")], [[.95, .95], [.5, .7], [.05, .05], [.9, 1.0]])
+    assert meta[f"{env(CD, 1)}|TRQAM"]["steps"] == [500, 1000, 1500, 2000]
+    assert meta[f"{env(CD, 1)}|TRQAM"]["phases"] == ["offline", "offline", "online", "online"]
+    assert meta[f"{env(CD, 1)}|TRQAM"]["seeds"] == [0, 1]
+    np.testing.assert_allclose(exp[(env(CD, 1), "QAM")], [[.95, .95, .95], [.2, .4, .9]])
+    # Domain: per seed, the mean over tasks 1-3 at each row: at 1000, seed 0 (.5+.4+.6)/3 = .5,
+    # seed 1 (.7+.2+.6)/3 = .5; at 2000, seed 0 (.9+.6+.3)/3 = .6, seed 1 (1+.8+.3)/3 = .7.
+    np.testing.assert_allclose(exp[(CD, "TRQAM")], [[.95, .95], [.5, .5], [.05, .05], [.6, .7]])
+    # 'all': the steps common to both domains (500, 1000); at 1000 seed 0 (.5+.8)/2 = .65,
+    # seed 1 (.5+.7)/2 = .6, the overall offline scores of results.csv.
+    np.testing.assert_allclose(exp[("all", "TRQAM")], [[.95, .95], [.65, .6]])
+    assert meta["all|TRQAM"]["steps"] == [500, 1000] and meta["all|TRQAM"]["members"] == [AL, CD]
+    # qam: seeds common to its tasks (0, 1): at 1000, seed 0 (.2+.4)/2, seed 1 (.4+.6)/2.
+    np.testing.assert_allclose(exp[(CD, "QAM")], [[.95, .95], [.3, .5]])
+    assert set(k[1] for k in exp) == {"TRQAM", "QAM"}
+
+
+# ------------------------------------------------------------------------------------------- plots
+
+def _labels(fig):
+    return {ax.get_title(): [l for l in ax.get_legend_handles_labels()[1]] for ax in fig.axes if ax.get_visible()}
+
+
+def test_run_plot_panels_budget_bc_start_and_boundary(tmp_path):
+    d = str(tmp_path / "runs")
+    spec = {"offline": {"kl_budget": 0.5}, "online": {"kl_budget": 0.25}, "eval_steps": 500}
+    path = write_run(d, env(CD, 1), "trqam", {0: 0.5, 1: 0.7}, {0: 0.9, 1: 1.0}, task_spec=spec,
+                     config={"method": "trqam", "offline_steps": 1000, "online_steps": 1000, "bc_steps": 10})
+    with open(os.path.join(path, "train.csv")) as f:
+        rows = f.read().splitlines()
+    rows = [rows[0] + ",q_mean,bc_loss"] + [r + ",-3.0,0.2" for r in rows[1:]]
+    with open(os.path.join(path, "train.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    run = report.load_run(path)
+    assert report.kl_budgets(run) == {"offline": 0.5, "online": 0.25}
+    fig = report.plot_run(run, str(tmp_path / "run.png"))
+    labels = _labels(fig)
+    titles = [t for t in labels if t]
+    assert titles == ["success (2 seeds)", "lambda_eff (2 seeds)", "kl_hat (2 seeds)", "critic_loss (2 seeds)",
+                      "q_mean (2 seeds)", "bc_loss (2 seeds)"]
+    # The success curve starts at the BC policy's step-0 evaluation; the online part is labelled.
+    assert "BC policy (step 0)" in labels["success (2 seeds)"]
+    assert all("offline → online (step 1000)" in labels[t] for t in titles)
+    assert {"offline budget eps = 0.5", "online budget eps = 0.25"} <= set(labels["kl_hat (2 seeds)"])
+    success_ax = next(ax for ax in fig.axes if ax.get_title() == "success (2 seeds)")
+    mean_line = next(l for l in success_ax.get_lines() if l.get_linewidth() == 1.8)
+    assert mean_line.get_xdata()[0] == 0 and mean_line.get_ydata()[0] == 0.0  # BC scored 0 at step 0
+    assert "env steps (online)" in success_ax.get_xlabel()
+    # QAM has no budget line (its lambda is fixed).
+    qam = report.load_run(write_run(d, env(CD, 1), "qam", {0: 0.5}, task_spec=spec))
+    assert report.kl_budgets(qam) == {}
+    assert not [l for l in _labels(report.plot_run(qam, str(tmp_path / "q.png")))["kl_hat (1 seeds)"]
+                if "budget" in l]
+
+
+def test_domain_mean_panel_only_with_several_tasks(runs_dir, tmp_path):
+    runs = report.load_runs(runs_dir)
+    one = [r for r in runs if r.domain == CD and r.task == 3]
+    titles = [t for t in _labels(report.plot_domain(one, str(tmp_path / "one.png"))) if t]
+    assert titles == ["task3"]
+    several = [r for r in runs if r.domain == CD]
+    titles = [t for t in _labels(report.plot_domain(several, str(tmp_path / "all.png"))) if t]
+    assert titles == ["task1", "task2", "task3", "domain mean"]
+
+
+def test_bc_phase_rows_start_the_curve_but_are_not_scored(tmp_path):
+    d = str(tmp_path / "runs")
+    path = write_run(d, env(CD, 1), "trqam", {0: 0.5, 1: 0.7}, train=False)
+    with open(os.path.join(path, "eval.csv")) as f:
+        text = f.read().replace("0,offline,0,0.0,-100.0", "0,bc,0,0.3,-100.0").replace(
+            "0,offline,1,0.0,-100.0", "0,bc,1,0.1,-100.0")
+    with open(os.path.join(path, "eval.csv"), "w") as f:
+        f.write(text)
+    run = report.load_run(path)
+    rows = {r.level: r for r in report.aggregate([run], "offline")}
+    assert rows["task"].mean == pytest.approx(60.0)
+    curves = report.seed_curves(run.eval, "success")
+    assert curves[0][0][0] == 0 and curves[0][1][0] == pytest.approx(0.3)

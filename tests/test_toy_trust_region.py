@@ -1,6 +1,7 @@
 """End-to-end: BC-pretrain a Gaussian flow through the real update, then TRQAM with a known linear
-critic. The dual variable must settle the path KL at each budget, and the policy must move toward the
-closed-form tilt pi_0 * exp(Q / lambda_eff) for the lambda it reached."""
+critic. The dual variable must settle the path KL at each budget, the KL estimate must agree with the
+Gaussian KL of the tilt at the lambda reached, and the policy must move toward the closed-form tilt
+pi_0 * exp(Q / lambda_eff) for that lambda."""
 
 import flax.linen as nn
 import jax
@@ -58,6 +59,12 @@ def test_trust_region_settles_at_budget_and_tilts_toward_closed_form(pretrained)
         assert abs(kl - eps) < 0.15 * eps, (eps, kl)  # the measured path KL sits at the budget
         # The closed form C / lambda_eff^2 agrees with the estimate at the optimum.
         assert abs(float(metrics["kl_closed_form"][0, -500:].mean()) - kl) < 0.15 * eps
+        # An independent partner for the estimate: the Gaussian KL of the fitted base's tilt at the
+        # lambda reached. Tilting N(m, s^2) by exp(SLOPE a / lambda_eff) shifts its mean by
+        # s^2 SLOPE / lambda_eff, a KL of (s SLOPE / lambda_eff)^2 / 2. A mis-scaled estimator would
+        # still settle at eps, but at another lambda, and miss this.
+        gaussian_kl = (base.std() * SLOPE / lam_eff) ** 2 / 2
+        assert abs(gaussian_kl - kl) < 0.25 * eps, (eps, kl, gaussian_kl)
         samples = np.asarray(act(unstack(states.actor), obs, jax.random.PRNGKey(2)))[:, 0]
         # Tilt of the fitted base by exp(Q / lambda_eff), by self-normalised importance weights.
         weights = np.exp(SLOPE * base / lam_eff - np.max(SLOPE * base / lam_eff))

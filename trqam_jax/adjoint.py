@@ -1,4 +1,4 @@
-"""Lean adjoint, adjoint-matching loss and the path-space KL (SPEC sections 4 and 5).
+"""Lean adjoint, adjoint-matching loss and the path-space KL (conventions §4 and §5).
 
 All functions act on ONE example; vmap them over a batch and average.
 
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from trqam_jax.flow import VelocityFn, flow_times, memoryless_noise_sq
 
-LAMBDA_FLOOR = 1e-8  # sigma_i = g_i / sqrt(max(lambda_eff, 1e-8)), SPEC 5.
+LAMBDA_FLOOR = 1e-8  # sigma_i = g_i / sqrt(max(lambda_eff, 1e-8)), conventions §5.
 
 
 def terminal_adjoint(q_fn: Callable[[jax.Array], jax.Array], action: jax.Array) -> jax.Array:
@@ -28,7 +28,7 @@ def terminal_adjoint(q_fn: Callable[[jax.Array], jax.Array], action: jax.Array) 
 def lean_adjoint(
     ref_velocity_fn: VelocityFn, states: jax.Array, adjoint_terminal: jax.Array, num_steps: int
 ) -> jax.Array:
-    """Backward lean adjoint of SPEC section 4, a_i = a_{i+1} + h J_i^T a_{i+1}, i = K-1..0.
+    """Backward lean adjoint of conventions §4, a_i = a_{i+1} + h J_i^T a_{i+1}, i = K-1..0.
 
     J_i is the Jacobian of f(x) = 2 v_0(x, t_i + h) - x / (t_i + h) at x = x_i (note t_i + h with
     x_i, and the SDE drift also at the last step: both deliberate). Each J_i^T a is one VJP.
@@ -63,13 +63,13 @@ class AdjointMatchingScales(NamedTuple):
 
 
 def trqam_scales(lambda_eff) -> AdjointMatchingScales:
-    """TRQAM: sigma_i = g_i / sqrt(max(lambda_eff, 1e-8)), no temperature on the adjoint (SPEC 5)."""
+    """TRQAM: sigma_i = g_i / sqrt(max(lambda_eff, 1e-8)), no temperature on the adjoint (conventions §5)."""
     lambda_eff = jnp.asarray(lambda_eff, jnp.float32)
     return AdjointMatchingScales(jax.lax.rsqrt(jnp.maximum(lambda_eff, LAMBDA_FLOOR)), jnp.ones_like(lambda_eff))
 
 
 def qam_scales(inv_temp) -> AdjointMatchingScales:
-    """QAM: sigma_i = g_i and a_K scaled by the inverse temperature (SPEC 4 and 5)."""
+    """QAM: sigma_i = g_i and a_K scaled by the inverse temperature (conventions §4 and 5)."""
     inv_temp = jnp.asarray(inv_temp, jnp.float32)
     return AdjointMatchingScales(jnp.ones_like(inv_temp), inv_temp)
 
@@ -77,7 +77,7 @@ def qam_scales(inv_temp) -> AdjointMatchingScales:
 def adjoint_matching_loss(
     velocity_diff: jax.Array, adjoints: jax.Array, num_steps: int, scales: AdjointMatchingScales
 ) -> jax.Array:
-    """sum_i sum_d (2 d_i / sigma_i + sigma_i a_i)^2, with d_i = v_theta - v_0 at (x_i, t_i) (SPEC 5).
+    """sum_i sum_d (2 d_i / sigma_i + sigma_i a_i)^2, with d_i = v_theta - v_0 at (x_i, t_i) (conventions §5).
 
     A sum over steps and dims, not a mean, and no valid mask. Shapes: (K, D) each.
     """
@@ -89,14 +89,14 @@ def adjoint_matching_loss(
 
 
 def path_kl_estimate(velocity_diff: jax.Array, num_steps: int, horizon: int) -> jax.Array:
-    """Discrete Girsanov KL(P_theta || P_0): (1/H) sum_i (2 h / g_i^2) ||d_i||^2, per env step (SPEC 5)."""
+    """Discrete Girsanov KL(P_theta || P_0): (1/H) sum_i (2 h / g_i^2) ||d_i||^2, per env step (conventions §5)."""
     h = 1.0 / num_steps
     g_sq = memoryless_noise_sq(flow_times(num_steps), num_steps)
     return jnp.sum(2.0 * h / g_sq * jnp.sum(velocity_diff**2, axis=-1)) / horizon
 
 
 def kl_constant(adjoints: jax.Array, num_steps: int) -> jax.Array:
-    """C = (1/2) sum_i h g_i^2 ||a_i||^2 with the temperature-free adjoint (SPEC 5).
+    """C = (1/2) sum_i h g_i^2 ||a_i||^2 with the temperature-free adjoint (conventions §5).
 
     At the optimum of the loss the path KL is KL*(lambda) = C / lambda_eff^2 (average C over a batch)
     when the lean adjoint is a deterministic function of (t, x), as in the linear-Gaussian check.
@@ -110,5 +110,5 @@ def kl_constant(adjoints: jax.Array, num_steps: int) -> jax.Array:
 
 
 def closed_form_kl(kl_const, lambda_eff):
-    """KL*(lambda) = C / lambda_eff^2: decreasing in lambda (SPEC 5)."""
+    """KL*(lambda) = C / lambda_eff^2: decreasing in lambda (conventions §5)."""
     return kl_const / jnp.square(lambda_eff)

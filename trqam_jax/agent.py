@@ -1,4 +1,4 @@
-"""The TRQAM training state and its one update step (SPEC section 8).
+"""The TRQAM training state and its one update step (conventions §8).
 
 One implementation, three modes chosen by `AgentConfig.method` (a static value):
   "bc"    BC flow-matching pretraining: only L_BC.
@@ -30,7 +30,7 @@ METHODS = ("bc", "trqam", "qam")
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
-    """Static hyperparameters of the update. Defaults are the reference values of SPEC 1-8."""
+    """Static hyperparameters of the update. Defaults are the reference values of conventions §1-§8."""
 
     method: str = "trqam"  # "bc", "trqam" or "qam".
     hidden_dims: Sequence[int] = (512, 512, 512, 512)  # actor and critic MLP widths.
@@ -86,9 +86,9 @@ class Trainable(NamedTuple):
 @flax.struct.dataclass
 class TrainState:
     critic: Any  # Q_j parameters.
-    critic_target: Any  # EMA of critic: Qbar in the TD target and the adjoint.
+    critic_target: Any  # EMA of critic (from before each step): Qbar in the TD target and the adjoint.
     actor_bc: Any  # velocity trained by BC throughout.
-    actor_ref: Any  # EMA of actor_bc: the reference pi_0 of the trust region.
+    actor_ref: Any  # EMA of actor_bc (from before each step): the reference pi_0 of the trust region.
     actor: Any  # fine-tuned velocity v_theta: acts, and gives the critic's next actions.
     opt_state: Any  # optax state of clip + Adam over Trainable(critic, actor_bc, actor).
     dual: DualState  # lam and the KL EMA.
@@ -172,7 +172,7 @@ def make_losses(config: AgentConfig, networks: Networks):
         return loss, {"bc_loss": loss}
 
     def sample_actions(actor, observations, key, chunk_dim):
-        """Clipped ODE samples of v_theta, one per observation (SPEC 2)."""
+        """Clipped ODE samples of v_theta, one per observation (conventions §2)."""
         noise = jax.random.normal(key, observations.shape[:1] + (chunk_dim,))
         return jax.vmap(lambda s, x0: euler_sample(_bound(actor_apply, actor, s), x0, num_steps))(
             observations, noise)
@@ -189,7 +189,7 @@ def make_losses(config: AgentConfig, networks: Networks):
         return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": target.mean()}
 
     def adjoint_matching(actor, actor_ref, critic_target, observations, key, scales, horizon, chunk_dim):
-        """L_AM averaged over the batch, plus KL_hat and the closed-form constant C (SPEC 3-5)."""
+        """L_AM averaged over the batch, plus KL_hat and the closed-form constant C (conventions §3-§5)."""
         actor_fixed = jax.lax.stop_gradient(actor)
         times = flow_times(num_steps)
 
@@ -215,35 +215,83 @@ def make_losses(config: AgentConfig, networks: Networks):
     return bc_loss, q_loss, adjoint_matching, sample_actions
 
 
-def make_update_fn(config: AgentConfig, networks: Networks) -> Callable[[TrainState, Batch], Any]:
-    """update(state, batch) -> (state, metrics): one gradient step of SPEC section 8."""
-    optimizer = make_optimizer(config)
+class UpdateKeys(NamedTuple):
+    """The three PRNG keys one update consumes, one per loss (see `split_update_key`)."""
+
+    bc: jax.Array  # L_BC: split in two, noise x0 ~ N(0, I), shape (B, D), then t ~ U[0, 1], shape (B,).
+    critic: jax.Array  # L_Q: the ODE start noise of the next actions, N(0, I) of shape (B, D).
+    actor: jax.Array  # L_AM: split in two, x_0 ~ N(0, I) of shape (B, D), then eps of shape (B, K-1, D).
+
+
+def split_update_key(key: jax.Array):
+    """(next_key, UpdateKeys): the state's key for the next step and this step's keys, by one 4-way split.
+
+    `next_key, bc, critic, actor = jax.random.split(key, 4)`. The losses draw from their keys as the
+    UpdateKeys fields say, so a test can reproduce every random draw of an update.
+    """
+    next_key, bc_key, critic_key, actor_key = jax.random.split(key, 4)
+    return next_key, UpdateKeys(bc_key, critic_key, actor_key)
+
+
+def adjoint_scales(config: AgentConfig, dual: DualState) -> adj.AdjointMatchingScales:
+    """The scales of L_AM: TRQAM with lambda_eff of `dual`, or QAM with its inverse temperature."""
+    if config.method == "qam":
+        return adj.qam_scales(config.inv_temp)
+    return adj.trqam_scales(lambda_eff(config, dual))
+
+
+def make_total_loss(config: AgentConfig, networks: Networks):
+    """total_loss(params: Trainable, state, batch, keys: UpdateKeys) -> (loss, metrics).
+
+    The wiring of conventions §8, with the network each loss reads named explicitly:
+      L_BC(params.actor_bc);
+      L_Q(params.critic), with the next actions from state.actor and the target from state.critic_target;
+      L_AM(params.actor), rolled out with state.actor, its last step and the adjoint's base velocity
+        from state.actor_ref, and the terminal adjoint from state.critic_target.
+    The loss is the sum of the metrics bc_loss, critic_loss and actor_loss (only bc_loss in "bc" mode).
+    Each of them is differentiable in its own parameter set only: the update's gradient is their sum.
+    """
     bc_loss, q_loss, adjoint_matching, _ = make_losses(config, networks)
 
+    def total_loss(params: Trainable, state: TrainState, batch: Batch, keys: UpdateKeys):
+        loss, metrics = bc_loss(params.actor_bc, batch, keys.bc)
+        if config.method != "bc":
+            horizon, chunk_dim = batch.actions.shape[1], batch.actions.shape[1] * batch.actions.shape[2]
+            # The loss uses lam from before this step's dual update.
+            scales = adjoint_scales(config, state.dual)
+            l_q, m_q = q_loss(params.critic, state.critic_target, state.actor, batch, keys.critic)
+            l_am, m_am = adjoint_matching(params.actor, state.actor_ref, state.critic_target,
+                                          batch.observations, keys.actor, scales, horizon, chunk_dim)
+            loss = loss + l_q + l_am
+            metrics = {**metrics, **m_q, **m_am}
+        return loss, metrics
+
+    return total_loss
+
+
+def make_update_fn(config: AgentConfig, networks: Networks) -> Callable[[TrainState, Batch], Any]:
+    """update(state, batch) -> (state, metrics): one gradient step of conventions §8.
+
+    Order: the keys (`split_update_key`); the gradient of `make_total_loss` at the current
+    parameters; one clip + Adam step; the EMAs critic_target <- tau * critic + (1 - tau) * critic_target
+    and actor_ref <- tau * actor_bc + (1 - tau) * actor_ref, which mix in the parameters from before
+    the step (the reference order); then the dual update on KL_hat, which was measured with the
+    parameters from before the step, while the loss used lam from before the dual update.
+    """
+    optimizer = make_optimizer(config)
+    total_loss = make_total_loss(config, networks)
+
     def update(state: TrainState, batch: Batch):
-        key, bc_key, critic_key, actor_key = jax.random.split(state.key, 4)
-        horizon, chunk_dim = batch.actions.shape[1], batch.actions.shape[1] * batch.actions.shape[2]
-        lam_eff = lambda_eff(config, state.dual)  # the loss uses lam from before the dual update
-        scales = adj.qam_scales(config.inv_temp) if config.method == "qam" else adj.trqam_scales(lam_eff)
-
-        def total_loss(params: Trainable):
-            loss, metrics = bc_loss(params.actor_bc, batch, bc_key)
-            if config.method != "bc":
-                l_q, m_q = q_loss(params.critic, state.critic_target, state.actor, batch, critic_key)
-                l_am, m_am = adjoint_matching(params.actor, state.actor_ref, state.critic_target,
-                                              batch.observations, actor_key, scales, horizon, chunk_dim)
-                loss = loss + l_q + l_am
-                metrics = {**metrics, **m_q, **m_am}
-            return loss, metrics
-
+        key, keys = split_update_key(state.key)
         params = Trainable(state.critic, state.actor_bc, state.actor)
-        grads, metrics = jax.grad(total_loss, has_aux=True)(params)
+        grads, metrics = jax.grad(total_loss, has_aux=True)(params, state, batch, keys)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, updates)
+        new_params = optax.apply_updates(params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
 
         dual = state.dual
         if config.method != "bc":
+            lam_eff = lambda_eff(config, state.dual)  # lam from before the dual update
             metrics["lambda_eff"] = lam_eff
             metrics["kl_closed_form"] = adj.closed_form_kl(metrics["kl_const"], lam_eff)
         if config.method == "trqam":
@@ -253,11 +301,12 @@ def make_update_fn(config: AgentConfig, networks: Networks) -> Callable[[TrainSt
             metrics.update(kl_ema=dual.kl_ema, kl_clip_active=info.clip_active)
 
         new_state = state.replace(
-            critic=params.critic,
+            critic=new_params.critic,
+            # The targets mix in the online parameters from before the step (params, not new_params).
             critic_target=optax.incremental_update(params.critic, state.critic_target, config.tau),
-            actor_bc=params.actor_bc,
+            actor_bc=new_params.actor_bc,
             actor_ref=optax.incremental_update(params.actor_bc, state.actor_ref, config.tau),
-            actor=params.actor,
+            actor=new_params.actor,
             opt_state=opt_state,
             dual=dual,
             step=state.step + 1,
@@ -294,7 +343,7 @@ def make_train_fn(config: AgentConfig, networks: Networks, sample_fn: SampleFn, 
 
 
 def make_act_fn(config: AgentConfig, networks: Networks):
-    """act(actor_params, observations (B, O), key) -> clipped chunks (B, D) from the ODE policy (SPEC 2).
+    """act(actor_params, observations (B, O), key) -> clipped chunks (B, D) from the ODE policy (conventions §2).
 
     Vmap it over a seed axis for seed-stacked params.
     """

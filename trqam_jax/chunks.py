@@ -1,10 +1,10 @@
-"""Device-side action-chunk datasets and samplers (SPEC sections 9 and 10).
+"""Device-side action-chunk datasets and samplers (conventions §9 and §10).
 
 Everything here is pure JAX (plus a host-side NumPy precomputation in `make_chunk_data`): no IO.
 
 Data layout
 -----------
-* `ChunkData`: the offline dataset as flat transition arrays of N rows (OGBench layout, SPEC 9:
+* `ChunkData`: the offline dataset as flat transition arrays of N rows (OGBench layout, conventions §9:
   `terminals` marks trajectory ends only, `masks` is 0 where the task is done) plus `steps_left`,
   precomputed once: the number of steps from row i to the end of its trajectory, inclusive, where
   the end of the used rows (`size`) also counts as a trajectory end. With it, the chunk table of a
@@ -16,17 +16,17 @@ Data layout
   filled by the pure `append`. Its own `terminals` mark its episode ends; its filled end (`size`)
   counts as a trajectory end. Its chunk tables are computed on the fly from `terminals` (H - 1
   extra gathers), since appends change them.
-* `ReplayData(offline, online)`: the online replay of SPEC 10 (dataset + online transitions,
+* `ReplayData(offline, online)`: the online replay of conventions §10 (dataset + online transitions,
   sampled uniformly). Under `jax.vmap` over seeds, use `REPLAY_IN_AXES` (offline shared, axis None,
   not copied; online per seed, axis 0). For offline training, `ChunkData` alone with
   `OFFLINE_IN_AXES` (= None).
 
-Chunk rules (SPEC 9), for start index i and k = 0..H-1: the first step is always valid; step k is
+Chunk rules (conventions §9), for start index i and k = 0..H-1: the first step is always valid; step k is
 valid while no trajectory end lies before it inside the chunk. R = sum_k gamma^k r_{i+k} over the
 valid steps; mask = min of the masks over the valid steps; s' = next_observations of the last valid
 step; valid = 1 only if the whole chunk lies in one trajectory (all H steps valid). Actions of the
 invalid steps repeat the last valid step's action (padding only: such rows have valid = 0, and the
-losses weight by valid_last, SPEC 5 and 7).
+losses weight by valid_last, conventions §5 and 7).
 """
 
 from typing import NamedTuple, Optional
@@ -40,7 +40,7 @@ from trqam_jax.types import Batch
 
 TRANSITION_FIELDS = ('observations', 'actions', 'rewards', 'masks', 'terminals', 'next_observations')
 
-# Action clipping of SPEC 9 (the loaders apply it; exposed for the launcher's online transitions).
+# Action clipping of conventions §9 (the loaders apply it; exposed for the launcher's online transitions).
 ACTION_CLIP = 1.0 - 1e-5
 
 
@@ -69,7 +69,7 @@ class ChunkData(NamedTuple):
 
 
 class OnlineBuffer(NamedTuple):
-    """One seed's online replay region (capacity C rows, the first `size` filled). SPEC 10."""
+    """One seed's online replay region (capacity C rows, the first `size` filled). conventions §10."""
 
     observations: jax.Array  # (C, O)
     actions: jax.Array  # (C, A)
@@ -81,7 +81,7 @@ class OnlineBuffer(NamedTuple):
 
 
 class ReplayData(NamedTuple):
-    """Online-phase replay (SPEC 10): the offline dataset plus one online region per seed."""
+    """Online-phase replay (conventions §10): the offline dataset plus one online region per seed."""
 
     offline: ChunkData
     online: OnlineBuffer
@@ -195,7 +195,7 @@ def append(buffer: OnlineBuffer, block: Transitions, count=None) -> OnlineBuffer
 
     count: how many leading rows of the block to write (traced int allowed; default T). Rows that
     would go past the capacity are dropped and `size` saturates at the capacity, so size the
-    region for all online steps (SPEC 10: 500K) plus slack.
+    region for all online steps (conventions §10: 500K) plus slack.
     """
     capacity = buffer.rewards.shape[0]
     t = block.rewards.shape[0]
@@ -271,7 +271,7 @@ def _assemble(src, start, table, discount) -> Batch:
 
 
 def gather_chunks(data: ChunkData, start, horizon: int, discount: float) -> Batch:
-    """The batch of chunks starting at the given offline indices (B,) (SPEC 9)."""
+    """The batch of chunks starting at the given offline indices (B,) (conventions §9)."""
     start = jnp.asarray(start, jnp.int32)
     return _assemble(data, start, chunk_table(data, start, horizon), discount)
 
@@ -283,7 +283,7 @@ def gather_online_chunks(buffer: OnlineBuffer, start, horizon: int, discount: fl
 
 
 def sample_chunks(data: ChunkData, key, batch_size: int, horizon: int, discount: float) -> Batch:
-    """Offline sampler: start indices uniform over [0, size) (SPEC 9). Jittable.
+    """Offline sampler: start indices uniform over [0, size) (conventions §9). Jittable.
 
     Bind batch_size, horizon and discount with functools.partial to get `sample_fn(data, key)`.
     """
@@ -298,7 +298,7 @@ def sample_online(buffer: OnlineBuffer, key, batch_size: int, horizon: int, disc
 
 
 def replay_starts(data: ReplayData, key, batch_size: int):
-    """Uniform draws over the offline rows plus one seed's filled online rows (SPEC 10).
+    """Uniform draws over the offline rows plus one seed's filled online rows (conventions §10).
 
     Returns (u, from_offline): u in [0, N_off + N_on); u < N_off is an offline start, otherwise
     u - N_off is an online start.
@@ -326,7 +326,7 @@ def gather_replay(data: ReplayData, u, horizon: int, discount: float) -> Batch:
 
 
 def sample_replay(data: ReplayData, key, batch_size: int, horizon: int, discount: float) -> Batch:
-    """Online-phase sampler (SPEC 10): uniform over dataset + this seed's online transitions.
+    """Online-phase sampler (conventions §10): uniform over dataset + this seed's online transitions.
 
     Chunks never cross from the offline rows into the online rows. Jittable; under the seed vmap
     use `REPLAY_IN_AXES` for `data`.

@@ -1,4 +1,4 @@
-"""Projected dual descent on the trust-region multiplier lam (SPEC section 6)."""
+"""Projected dual descent on the trust-region multiplier lam (conventions §6)."""
 
 from typing import NamedTuple
 

@@ -1,4 +1,4 @@
-"""Flow sampling (SPEC sections 2 and 3): the Euler ODE sampler and the memoryless SDE rollout.
+"""Flow sampling (conventions §2 and §3): the Euler ODE sampler and the memoryless SDE rollout.
 
 Conventions: t = 0 is noise, t = 1 is the action; K steps of size h = 1 / K at t_i = i h.
 Every function here acts on ONE example (x of shape (D,)); vmap it over a batch. Velocity
@@ -19,13 +19,13 @@ def flow_times(num_steps: int) -> jax.Array:
 
 
 def memoryless_noise_sq(t, num_steps: int):
-    """g(t)^2 = 2 (1 - t + h) / (t + h): the memoryless schedule 2 (1 - t) / t shifted by h (SPEC 3)."""
+    """g(t)^2 = 2 (1 - t + h) / (t + h): the memoryless schedule 2 (1 - t) / t shifted by h (conventions §3)."""
     h = 1.0 / num_steps
     return 2.0 * (1.0 - t + h) / (t + h)
 
 
 def euler_sample(velocity_fn: VelocityFn, noise: jax.Array, num_steps: int) -> jax.Array:
-    """K Euler steps x_{i+1} = x_i + h v(x_i, i h) from x_0 = noise, then clip to [-1, 1] (SPEC 2)."""
+    """K Euler steps x_{i+1} = x_i + h v(x_i, i h) from x_0 = noise, then clip to [-1, 1] (conventions §2)."""
     h = 1.0 / num_steps
 
     def step(x, t):
@@ -42,7 +42,7 @@ def memoryless_rollout(
     step_noises: jax.Array,
     num_steps: int,
 ):
-    """Memoryless SDE rollout of SPEC section 3. No gradients are meant to flow through it.
+    """Memoryless SDE rollout of conventions §3. No gradients are meant to flow through it.
 
     Steps i = 0..K-2: x_{i+1} = x_i + h (2 v(x_i, t_i) - x_i / (t_i + h)) + sqrt(h) g_i eps_i.
     Last step: the plain ODE step of the reference, x_K = x_{K-1} + h v_0(x_{K-1}, t_{K-1}).

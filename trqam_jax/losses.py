@@ -1,4 +1,4 @@
-"""Critic TD loss with chunked targets (SPEC 7) and the flow-matching BC loss (SPEC 2)."""
+"""Critic TD loss with chunked targets (conventions §7) and the flow-matching BC loss (conventions §2)."""
 
 import chex
 import jax
@@ -21,7 +21,7 @@ def critic_loss(q: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
 
 
 def bc_flow_loss(velocity_pred: jax.Array, noise: jax.Array, actions: jax.Array, valid: jax.Array):
-    """Mean over batch of [mean over dims of (v(s, x_t, t) - (x1 - x0))^2 * valid_last] (SPEC 2).
+    """Mean over batch of [mean over dims of (v(s, x_t, t) - (x1 - x0))^2 * valid_last] (conventions §2).
 
     velocity_pred, noise (x0), actions (x1): (B, D); valid: (B,). Invalid rows count in the mean as 0.
     """

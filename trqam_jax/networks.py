@@ -1,4 +1,4 @@
-"""Networks (SPEC section 1): the velocity field v(s, x, t) and the critic ensemble Q_j(s, a_chunk).
+"""Networks (conventions §1): the velocity field v(s, x, t) and the critic ensemble Q_j(s, a_chunk).
 
 Both work on a single example (s of shape (O,)) or on any leading batch shape.
 """

@@ -6,7 +6,7 @@ import jax
 
 
 class Batch(NamedTuple):
-    """A batch of action chunks (SPEC section 9). Leading axis B everywhere.
+    """A batch of action chunks (conventions §9). Leading axis B everywhere.
 
     observations:      (B, O)     the state s at the chunk's start.
     actions:           (B, H, A)  the action chunk, clipped to [-1 + 1e-5, 1 - 1e-5].

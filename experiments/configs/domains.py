@@ -1,4 +1,4 @@
-"""Per-domain settings of the 50-task protocol (SPEC section 10).
+"""Per-domain settings of the 50-task protocol (conventions §10).
 
 Fields of the run config that are left as None are taken from this table for the task's domain.
 cube-single-play is not in the paper's table; it uses cube-double's settings for quick CPU runs.

@@ -3,7 +3,7 @@
   python -m experiments.train --config=experiments/configs/ogbench.py --env_name=cube-double-play-singletask-task2-v0
 
 Fields set to None (placeholders) come from the domain table in experiments/configs/domains.py for
-the task's domain; set them to override the table. The defaults are the paper's protocol (SPEC 10).
+the task's domain; set them to override the table. The defaults are the paper's protocol (conventions §10).
 """
 
 from ml_collections import config_dict
@@ -17,6 +17,7 @@ def get_config():
     config.suite = ""  # "ogbench50" runs all 50 tasks (then env_name is ignored); "" runs env_name.
     config.method = "trqam"  # "trqam", "qam" or "bc" (BC only: pretraining, then evaluation).
     config.seed = 0  # base seed; seed i of the run is seed + i.
+    config.matmul_precision = "default"  # jax_default_matmul_precision; "default" as the reference runs.
     config.num_seeds = 4  # seeds trained in parallel, vmapped inside one program.
     config.output_dir = "runs"  # root of the run directories: <output_dir>/<env_name>/<method>.
     config.dataset_dir = "~/.ogbench/data"  # where ogbench's <dataset>.npz files live.
@@ -29,16 +30,25 @@ def get_config():
     config.online_steps = 500_000  # online env steps after offline (0: offline only).
     config.online_start_steps = 5_000  # env steps collected before online updates start.
     config.online_kl_budget = placeholder(float)  # eps in the online phase; None: same as offline.
+    config.bc_checkpoint = ""  # a reference-code params_<step>.pkl ('{seed}' allowed) used as BC; "": train BC.
 
     config.log_every = 1_000  # updates per jitted call (lax.scan length) and per log row.
     config.eval_every = 50_000  # evaluate every this many steps of each phase, and at its end.
     config.eval_episodes = 50  # evaluation episodes per seed.
-    config.eval_envs_per_seed = 10  # envs built per seed; episodes run in rounds (an env holds ~150 MB).
+    config.eval_envs_per_seed = placeholder(int)  # envs per seed, episodes in rounds (~150 MB an env); None: fill the free cores.
     config.eval_steps = placeholder(int)  # evaluation episode length; None: domain table.
+    config.eval_async = True  # evaluate beside training (worker processes); False: block training.
+    config.online_envs_async = True  # online envs step in worker processes (one per seed).
     config.save_every = 100_000  # checkpoint every this many steps, and at the end of each phase.
     config.keep_checkpoints = 3  # how many recent checkpoints to keep.
-    config.shard_rotate_every = 1_000  # steps between dataset-window rotations (data > device memory).
+    config.shards_in_memory = 1  # 1M-transition shards on the device at once (1: the reference; 0: all that fit).
+    config.shard_rotate_every = 1_000  # steps between shard-window rotations (the reference: 1000).
     config.dataset_memory_fraction = 0.5  # share of free device memory the dataset may take; beyond, stream.
+
+    config.wandb = config_dict.ConfigDict()  # optional Weights & Biases logging (CSV and TensorBoard stay).
+    config.wandb.project = ""  # wandb project; "" turns wandb off. WANDB_MODE=offline needs no network.
+    config.wandb.entity = ""  # wandb entity (team or user); "": your default.
+    config.wandb.group = ""  # wandb group, e.g. a sweep's name; "": none.
 
     config.agent = config_dict.ConfigDict()  # the update's hyperparameters (trqam_jax.agent.AgentConfig).
     config.agent.width = placeholder(int)  # hidden width (4 layers); None: domain table.
