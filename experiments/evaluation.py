@@ -140,6 +140,9 @@ def _make_worker_env(
     owner's (see `_die_with_owner`), then build the env."""
     if os.getpid() != owner_pid:
         _die_with_owner(owner_pid, owner_start)
+        # The launcher silences these in its own process; a worker starts with default filters.
+        warnings.filterwarnings('ignore', message='.*precision lowered by casting.*')  # ogbench's Box spaces
+        warnings.filterwarnings('ignore', message='.*DISPLAY environment variable.*')  # glfw without a screen
     return make_env(env_name, max_episode_steps)
 
 

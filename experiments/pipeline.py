@@ -15,6 +15,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import time
 from typing import Dict, Optional
 
@@ -82,16 +83,17 @@ def open_dataset(config, spec: TaskSpec, env) -> data.ShardWindow:
     """The offline data (on device, or a rotating window of shards); generates it if allowed."""
     try:
         data.find_dataset_files(spec.env_name, config.dataset_dir)
-    except data.DatasetMissingError:
+    except data.DatasetMissingError as missing:
         info = data.parse_env_name(spec.env_name)
         if not config.generate_missing_data or info.spec.navigation:
             raise
         if info.spec.size_m > 1:
-            # A single generated file would be rejected by this task's shard layout: say how to make it.
+            # A single generated file would be rejected by this task's shard layout: give the command.
+            command = re.search(r"python -m experiments\.make_dataset [^\n]*", str(missing))
             raise data.DatasetMissingError(
-                f"{info.dataset} is a {info.spec.size_m}M-transition dataset in 1M shards; generate its first 10 "
-                f"shards with: python -m experiments.make_dataset --dataset={info.dataset} "
-                f"--dataset_dir={config.dataset_dir} --num_shards=10") from None
+                f"{spec.env_name} needs {info.spec.size_m}M transitions in 1M shards, which "
+                f"config.generate_missing_data does not make; generate them with: "
+                f"{command.group(0) if command else 'python -m experiments.make_dataset'}") from None
         from experiments import make_dataset
 
         print(f"Generating {info.dataset} in {config.dataset_dir} with the ogbench oracles ...")

@@ -250,6 +250,17 @@ def read_table(path: str, required: Sequence[str], kind: str) -> dict:
     return out
 
 
+def _optional_json(path: str):
+    """The parsed file, or None when it does not exist."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path}: not valid JSON: {e}") from None
+
+
 def load_run(path: str) -> Run:
     """Loads `<...>/<env_name>/<method>/`: eval.csv required, train.csv and config.json optional."""
     path = os.path.normpath(path)
@@ -259,22 +270,8 @@ def load_run(path: str) -> Run:
         domain, task = parse_env_name(env_name)
     except ValueError as e:
         raise ReportError(f"{path}: run directory's parent {e}") from None
-    config = None
-    config_path = os.path.join(path, "config.json")
-    if os.path.exists(config_path):
-        try:
-            with open(config_path) as f:
-                config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ReportError(f"{config_path}: not valid JSON: {e}") from None
-    task_spec = None
-    task_path = os.path.join(path, "task.json")
-    if os.path.exists(task_path):
-        try:
-            with open(task_path) as f:
-                task_spec = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ReportError(f"{task_path}: not valid JSON: {e}") from None
+    config = _optional_json(os.path.join(path, "config.json"))
+    task_spec = _optional_json(os.path.join(path, "task.json"))
     evals = read_table(os.path.join(path, "eval.csv"), EVAL_COLUMNS, "eval")
     train_path = os.path.join(path, "train.csv")
     train = read_table(train_path, TRAIN_COLUMNS, "train") if os.path.exists(train_path) else None

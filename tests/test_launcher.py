@@ -1,9 +1,9 @@
 """The launcher end to end on a tiny generated cube-single dataset: smoke run of the real entry
-point, exact resume, the two-device sharded run, policy-only restore, and each bad input."""
+point, the two-device sharded run, policy-only restore, and each bad input. (Resume, preemption
+and damaged checkpoints: tests/test_lifecycle.py.)"""
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
 
@@ -64,56 +64,6 @@ def test_smoke_real_entry_point_offline_then_online(dataset_dir, tmp_path):
     policy = load_policy(run_dir(tmp_path))
     chunk = policy.act(policy.params, np.zeros((2, 3, 28), np.float32), jax.random.PRNGKey(0))
     assert policy.step == 250 and chunk.shape == (2, 3, 5, 5) and np.all(np.abs(chunk) <= 1)
-
-
-class Killed(Exception):
-    pass
-
-
-def test_killed_and_resumed_run_equals_uninterrupted_run(dataset_dir, tmp_path, monkeypatch):
-    whole = tiny_config(dataset_dir, tmp_path / "whole")
-    pipeline.run_task(whole)
-
-    cut = tiny_config(dataset_dir, tmp_path / "cut")
-    real_save = checkpointing.Checkpointer.save
-
-    def save_then_die(self, step, *args, **kwargs):
-        real_save(self, step, *args, **kwargs)
-        if "checkpoints" in self.directory and ENV in self.directory and step == 100:
-            raise Killed()
-
-    monkeypatch.setattr(checkpointing.Checkpointer, "save", save_then_die)
-    with pytest.raises(Killed):
-        pipeline.run_task(cut)
-    monkeypatch.setattr(checkpointing.Checkpointer, "save", real_save)
-    with pytest.raises(pipeline.RunDirExistsError, match="--resume"):
-        pipeline.run_task(cut)
-    pipeline.run_task(cut, resume=True)
-    for name in ("train.csv", "eval.csv"):
-        with open(os.path.join(run_dir(tmp_path / "whole"), name)) as a, \
-                open(os.path.join(run_dir(tmp_path / "cut"), name)) as b:
-            assert a.read() == b.read(), name  # bit for bit
-
-    # A config that differs is refused on resume, naming the field; nothing is changed.
-    changed = tiny_config(dataset_dir, tmp_path / "cut", **{"agent.learning_rate": 1e-3})
-    with pytest.raises(pipeline.ConfigMismatchError, match="agent.learning_rate"):
-        pipeline.run_task(changed, resume=True)
-
-    # A damaged newest checkpoint falls back to the previous one.
-    ckpt_dir = os.path.join(run_dir(tmp_path / "cut"), "checkpoints")
-    newest = os.path.join(ckpt_dir, "200", "state")
-    shutil.rmtree(newest)
-    found = checkpointing.Checkpointer(ckpt_dir).restore(
-        jax.tree_util.tree_map(np.asarray, _states_like(cut)), items=("state",))
-    assert found[0] == 100
-
-
-def _states_like(config):
-    from trqam_jax import agent
-
-    task = spec.resolve(config)
-    nets = agent.make_networks(task.offline, task.horizon * 5)
-    return agent.init_seeds(np.arange(config.num_seeds), task.offline, nets, 28, task.horizon * 5)
 
 
 def test_two_device_sharded_run_equals_single_device(dataset_dir, tmp_path):

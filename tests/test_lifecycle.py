@@ -164,6 +164,8 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_trained_through(dataset_di
         os.rename(os.path.join(ckpt, "250"), os.path.join(ckpt, "250.keep"))
         os.rename(os.path.join(ckpt, "250.keep"), os.path.join(ckpt, "250"))
     config = tiny_config(dataset_dir, out, **LIFE)
+    with pytest.raises(pipeline.RunDirExistsError, match="--resume"):  # without --resume: refused, untouched
+        pipeline.run_task(config)
     pipeline.run_task(config, resume=True)
     said = capsys.readouterr().err
     assert "damaged" in said or "left over" in said
@@ -398,3 +400,57 @@ def test_slurm_script_passes_sigterm_to_the_launcher_and_requeues(tmp_path):
     assert log.read_text().splitlines() == ["launcher-got-TERM", "scontrol requeue 77"]
     args = open(f"{log}.args").read()
     assert "--resume" in args and "--shard=3/10" in args and "--suite=ogbench50" in args
+
+
+def _events(path):
+    """The events of one TensorBoard file (TFRecord framing: length, crc, data, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    with open(path, "rb") as f:
+        while header := f.read(12):
+            (length,) = struct.unpack("<Q", header[:8])
+            event = event_pb2.Event()
+            event.ParseFromString(f.read(length))
+            f.read(4)
+            events.append(event)
+    return events
+
+
+def test_resume_purges_tensorboard_past_the_checkpoint(dataset_dir, whole, tmp_path):
+    """A resumed run's event file starts with a purge marker at the checkpoint, so TensorBoard drops the
+    first attempt's events past it and no step repeats."""
+    out = tmp_path / "tb"
+    shutil.copytree(whole, out)
+    shutil.rmtree(os.path.join(run_path(out), "checkpoints", "300"))  # the run resumes from step 250
+    before = set(glob.glob(os.path.join(run_path(out), "tensorboard", "events.*")))
+    pipeline.run_task(tiny_config(dataset_dir, out, **LIFE), resume=True)
+    (new,) = set(glob.glob(os.path.join(run_path(out), "tensorboard", "events.*"))) - before
+    events = _events(new)
+    purge = [e for e in events if e.HasField("session_log")]
+    assert purge and purge[0].session_log.status == purge[0].session_log.START and purge[0].step == 251
+    steps = sorted({e.step for e in events if e.HasField("summary")})
+    assert steps == [300]  # only what the resume wrote
+
+
+def test_auto_generation_refuses_a_layout_the_task_cannot_use(tmp_path):
+    config = tiny_config(str(tmp_path / "empty"), tmp_path / "out", generate_missing_data=True,
+                         env_name="cube-quadruple-play-singletask-task1-v0")
+    with pytest.raises(Exception, match=r"100M transitions in 1M shards.*make_dataset --dataset=cube-quadruple-play-100m-v0 --dataset_dir="):
+        pipeline.run_task(config)
+    assert not os.path.exists(tmp_path / "empty") or not os.listdir(tmp_path / "empty")
+    assert not os.path.exists(tmp_path / "out" / "cube-quadruple-play-singletask-task1-v0")
+
+
+def test_nan_message_is_one_line_of_its_own(dataset_dir, tmp_path):
+    """A learning rate of 1e30 makes the losses non-finite at once: the error starts on a fresh line (not
+    after the progress bar), names the phase and the metric, and never says 'step None'."""
+    flags = [f"--config.{k}={v}" for k, v in TINY.items()]
+    cmd = [sys.executable, "-m", "experiments.train", *flags, f"--config.dataset_dir={dataset_dir}",
+           f"--output_dir={tmp_path}", "--noreport", "--config.agent.learning_rate=1e30"]
+    out = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "\nError: bc: non-finite" in out.stderr and "None" not in out.stderr.split("Error:")[-1]
+    assert "Traceback" not in out.stderr
