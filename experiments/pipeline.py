@@ -619,16 +619,17 @@ def run_task(config, env_name: Optional[str] = None, resume: bool = False, preem
             wall[phase] = wall.get(phase, 0.0) + time.time() - started
 
     try:
-        if spec.method == "bc":  # BC alone: evaluate the BC policy once, and save
-            Phase(ctx, "offline", checkpointer, logger, meta, config.bc_steps, config.bc_steps, evals).boundary(
-                config.bc_steps, states, eval_due=True, save_due=True)
-            return run_dir
-        if eval_pending:  # an evaluation that a signal cut short: run it again from the saved state, and save
-            phase = restored[3]["phase"]
-            Phase(ctx, phase, checkpointer, logger, meta, step, step, evals).boundary(
-                step, states, eval_due=True, save_due=True, replay=online if phase == "online" else None)
-        elif step == 0:  # the BC policy, evaluated once at step 0 of fine-tuning
-            evals.submit(0, "offline", states.actor)
+        with preempt.deferred():  # a signal during these saves takes effect after them
+            if spec.method == "bc":  # BC alone: evaluate the BC policy once, and save
+                Phase(ctx, "offline", checkpointer, logger, meta, config.bc_steps, config.bc_steps, evals).boundary(
+                    config.bc_steps, states, eval_due=True, save_due=True)
+                step = config.offline_steps + config.online_steps  # nothing left to train
+            elif eval_pending:  # an evaluation that a signal cut short: run it again from the saved state; save
+                phase = restored[3]["phase"]
+                Phase(ctx, phase, checkpointer, logger, meta, step, step, evals).boundary(
+                    step, states, eval_due=True, save_due=True, replay=online if phase == "online" else None)
+            elif step == 0:  # the BC policy, evaluated once at step 0 of fine-tuning
+                evals.submit(0, "offline", states.actor)
         if step < config.offline_steps:
             with timed("offline"):
                 states = scanned_phase(ctx, spec.offline, states, step, config.offline_steps, "offline",
