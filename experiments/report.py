@@ -384,7 +384,7 @@ def aggregate(runs: Sequence[Run], phase: str) -> list[Row]:
     """Task, domain and overall rows for every method with evaluations of `phase`.
 
     Per seed first (domain score of seed s = mean of seed s's task scores over the domain's tasks
-    present; overall = mean of the domain scores), then mean and population std over the seeds
+    present; overall = mean of the domain scores), then mean and sample std (ddof = 1) over the seeds
     common to the tasks (domains). A domain or overall with no common seed gets a NaN row."""
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r} is not one of {PHASES}")
