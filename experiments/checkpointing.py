@@ -11,6 +11,7 @@ line, and the previous step is used. Training then runs through the damaged step
 """
 
 import json
+import logging as py_logging
 import os
 import sys
 import time
@@ -28,8 +29,11 @@ class CheckpointError(RuntimeError):
 
 
 def quiet_orbax() -> None:
-    """Orbax logs every save and restore at INFO through absl; keep only warnings."""
+    """Orbax logs every save and restore at INFO through absl (and jax through Python logging); keep
+    only warnings."""
     logging.set_verbosity(logging.WARNING)
+    for name in ("orbax", "orbax.checkpoint", "jax", "absl"):
+        py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
 def abstract(tree):
@@ -85,9 +89,15 @@ class Checkpointer:
     def _open(self):
         # Saves block anyway (the caller waits for each), so skip orbax's async thread and event loop:
         # nothing is left running when a run stops on an error or a signal.
-        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=not self.read_only,
-                                               enable_async_checkpointing=False, read_only=self.read_only)
-        return ocp.CheckpointManager(self.directory, options=options)
+        verbosity = logging.get_verbosity()
+        if self.read_only:  # orbax warns that a read-only manager saves nothing and keeps everything
+            logging.set_verbosity(logging.ERROR)
+        try:
+            options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=not self.read_only,
+                                                   enable_async_checkpointing=False, read_only=self.read_only)
+            return ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            logging.set_verbosity(verbosity)
 
     @property
     def damaged_dir(self) -> str:

@@ -182,13 +182,12 @@ class Evaluations:
         per_round = config.eval_envs_per_seed or background_episodes_per_round(
             len(ctx.seeds), config.eval_episodes, default_num_workers())
         common = dict(max_episode_steps=spec.eval_steps, episodes_per_round=per_round)
-        self.background = None
+        self.background, self.last_success, self._cut_short = None, None, []
         if config.eval_async:
             self.background = BackgroundEvaluator(spec.env_name, len(ctx.seeds), config.eval_episodes,
                                                   act_fn=self.act, horizon=spec.horizon, **common)
         else:
             self.blocking = Evaluator(spec.env_name, len(ctx.seeds), config.eval_episodes, **common)
-        self._cut_short = []
 
     def _seed_and_key(self, step: int):
         # Env seeds and the policy key depend on the step only, so a re-run repeats an evaluation exactly.
@@ -253,8 +252,8 @@ class Phase:
         self.logger.log_train(step, self.name, self.ctx.seeds, host)
 
     def save(self, step: int, states, replay=None) -> None:
-        """A checkpoint at `step`: every earlier evaluation is logged first; one of this step still in
-        flight is recorded, so a resume runs it again from the saved state."""
+        """A checkpoint at `step`. An evaluation of this step still in flight is recorded, so a resume runs
+        it again from the saved state (`boundary` has waited for the earlier ones)."""
         pending = self.evals.pending() if self.evals is not None else []
         self.checkpointer.save(step, states, {**self.meta, "phase": self.name, "step": step,
                                               "eval_pending": step in pending}, replay=replay)
@@ -276,7 +275,7 @@ class Phase:
                 # A phase's last evaluation is awaited before its last checkpoint.
                 last = step >= self.end_step
                 self.evals.collect(before=(step + 1 if last else step) if save_due else None)
-                if self.bar is not None and getattr(self.evals, "last_success", None) is not None:
+                if self.bar is not None and self.evals.last_success is not None:
                     self.bar.set_postfix(success=f"{np.mean(self.evals.last_success):.2f}")
             if save_due:
                 self.save(step, states, replay)
@@ -497,22 +496,23 @@ def check_run_dir(run_dir: str, resume: bool, config, saved_step: Optional[int],
             print(f"{run_dir} holds no checkpoint (an earlier attempt stopped before its first save): starting "
                   f"it afresh.")
         return False
+    saved = saved or {}
     if not resume:
         raise RunDirExistsError(
             f"The run directory {run_dir} already exists with a checkpoint at step {saved_step}. Pass --resume to "
             f"continue it, or choose another --output_dir (nothing was changed).")
     current = json.loads(config.to_json())
-    diffs = config_differences(saved or {}, current, ignore=NOT_IDENTITY + EXTENDABLE)
+    diffs = config_differences(saved, current, ignore=NOT_IDENTITY + EXTENDABLE)
     if diffs:
         raise ConfigMismatchError(
             f"Cannot resume {run_dir}: the config differs from the saved one in {'; '.join(diffs)}. "
             f"Use the saved config, or another --output_dir. (Raising offline_steps or online_steps extends a run.)")
     for name in EXTENDABLE:
-        old, new = (saved or {}).get(name), current[name]
+        old, new = saved.get(name), current[name]
         if old is not None and new < old:
             raise ConfigMismatchError(f"Cannot resume {run_dir}: {name} can only be raised to extend a run "
                                       f"({old} -> {new}). Use {old}, or another --output_dir.")
-    old_offline = (saved or {}).get("offline_steps")
+    old_offline = saved.get("offline_steps")
     if old_offline is not None and current["offline_steps"] != old_offline and saved_phase == "online":
         raise ConfigMismatchError(f"Cannot resume {run_dir}: it is already in its online phase, so offline_steps "
                                   f"cannot change ({old_offline} -> {current['offline_steps']}).")
@@ -553,17 +553,19 @@ def run_task(config, env_name: Optional[str] = None, resume: bool = False, preem
     spec = resolve(config, env_name)  # validates every value before anything is written
     run_dir = run_dir_of(config, spec.env_name, spec.method)
     horizon = spec.horizon
-    restored = None
+    restored, saved_step = None, None
     if os.path.isdir(os.path.join(run_dir, "checkpoints")):
-        with Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.keep_checkpoints) as found:
+        # Without --resume nothing is changed: only look (a leftover save is moved aside on resume).
+        with Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.keep_checkpoints,
+                          read_only=not resume) as found:
             steps = found.steps()
-            if steps and resume:
+            saved_step = steps[-1] if steps else None
+            if steps and resume:  # the newest readable checkpoint; damaged ones are moved aside
                 restored = found.restore(*_state_target(config, spec))
-            elif steps:
-                restored = (steps[-1], None, None, {"phase": None})
-    saved_step = None if restored is None else restored[0]
-    continuing = check_run_dir(run_dir, resume, config, saved_step, None if restored is None else restored[3].get("phase"))
-    if continuing and saved_step >= total_steps(config, spec.method) and not restored[3].get("eval_pending"):
+                saved_step = None if restored is None else restored[0]
+    saved_meta = restored[3] if restored is not None else {}
+    continuing = check_run_dir(run_dir, resume, config, saved_step, saved_meta.get("phase"))
+    if continuing and saved_step >= total_steps(config, spec.method) and not saved_meta.get("eval_pending"):
         print(f"{run_dir} is already finished (step {saved_step}); nothing to do.")
         return run_dir
 
@@ -584,7 +586,7 @@ def run_task(config, env_name: Optional[str] = None, resume: bool = False, preem
                   per_seed)
     step, eval_pending = 0, False
     if continuing:
-        step, states, saved_online, saved_meta = restored
+        step, states, saved_online, _ = restored
         states = _put(states, per_seed)
         if saved_online is not None:
             online = _put(_grow_online(saved_online, max(config.online_steps, 1)), per_seed)
@@ -624,10 +626,12 @@ def run_task(config, env_name: Optional[str] = None, resume: bool = False, preem
                 Phase(ctx, "offline", checkpointer, logger, meta, config.bc_steps, config.bc_steps, evals).boundary(
                     config.bc_steps, states, eval_due=True, save_due=True)
                 step = config.offline_steps + config.online_steps  # nothing left to train
-            elif eval_pending:  # an evaluation that a signal cut short: run it again from the saved state; save
-                phase = restored[3]["phase"]
+            elif eval_pending:  # an evaluation that a signal cut short: run it again from the saved state
+                phase = saved_meta["phase"]
+                # Mid-run, the next checkpoint records it; at the end, save again so the run reads as finished.
                 Phase(ctx, phase, checkpointer, logger, meta, step, step, evals).boundary(
-                    step, states, eval_due=True, save_due=True, replay=online if phase == "online" else None)
+                    step, states, eval_due=True, save_due=step >= total_steps(config, spec.method),
+                    replay=online if phase == "online" else None)
             elif step == 0:  # the BC policy, evaluated once at step 0 of fine-tuning
                 evals.submit(0, "offline", states.actor)
         if step < config.offline_steps:

@@ -13,7 +13,6 @@ checkpoint, or one whose checkpoints are all damaged is one line of error, with 
 import contextlib
 import io
 import json
-import logging as py_logging
 import os
 import re
 from typing import Callable, List, NamedTuple, Optional
@@ -40,13 +39,6 @@ class Policy(NamedTuple):
     eval_steps: Optional[int] = None  # the run's evaluation episode length (task.json)
     run_config: Optional[dict] = None  # the run's config.json (None if absent)
     skipped: tuple = ()  # (step, reason) of newer checkpoints that could not be read
-
-
-def quiet_logs() -> None:
-    """absl at WARNING, and orbax's (and jax's) own INFO messages off."""
-    logging.set_verbosity(logging.WARNING)
-    for name in ("orbax", "orbax.checkpoint", "jax", "absl"):
-        py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
 def _run_dirs_below(path: str, depth: int = 2) -> List[str]:
@@ -214,7 +206,9 @@ def episodes_per_round(episodes: int, envs_per_seed: int) -> int:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    quiet_logs()
+    from experiments.checkpointing import quiet_orbax
+
+    quiet_orbax()
     import warnings
 
     warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # ogbench's Box spaces
