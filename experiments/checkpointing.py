@@ -91,7 +91,7 @@ class Checkpointer:
         # nothing is left running when a run stops on an error or a signal.
         verbosity = logging.get_verbosity()
         if self.read_only:  # orbax warns that a read-only manager saves nothing and keeps everything
-            logging.set_verbosity(logging.ERROR)
+            logging.set_verbosity(min(verbosity, logging.ERROR))  # absl: lower is quieter; never louder
         try:
             options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=not self.read_only,
                                                    enable_async_checkpointing=False, read_only=self.read_only)
