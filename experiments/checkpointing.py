@@ -72,6 +72,13 @@ def _ignore_closed_event_loop() -> None:
 
     hook._drops_closed_loop = True
     sys.unraisablehook = hook
+    # The same failed reads can also surface, when their asyncio tasks are collected, as "Task exception
+    # was never retrieved" records of the asyncio logger, each with a traceback.
+    py_logging.getLogger("asyncio").addFilter(_drop_unretrieved_task_errors)
+
+
+def _drop_unretrieved_task_errors(record: py_logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Task exception was never retrieved")
 
 
 def _say(message: str) -> None:
