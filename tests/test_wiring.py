@@ -58,6 +58,7 @@ def make_state(cfg, nets):
         actor=actor,
         opt_state=agent.make_optimizer(cfg).init(agent.Trainable(critic, actor_bc, actor)),
         dual=DualState(lam=jnp.float32(LAM0), kl_ema=jnp.float32(KL_EMA0)),
+        hparams=agent.hyperparams(cfg),
         step=jnp.zeros((), jnp.int32),
         key=jax.random.PRNGKey(7),
     )

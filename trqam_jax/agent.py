@@ -6,7 +6,11 @@ One implementation, three modes chosen by `AgentConfig.method` (a static value):
   "qam"   the same losses with lambda fixed: an inverse temperature on the adjoint, no dual update.
 
 `update(state, batch)` is pure. `make_train_fn` scans n updates per call, draws the batches inside
-jit with a sampling function, and vmaps the whole thing over a leading seed axis of the state.
+jit with a sampling function, and vmaps the whole thing over a leading learner axis of the state.
+
+A learner is one (task, seed, budget). The scalar hyperparameters that change no shape (eps, the QAM
+inverse temperature, lam_scale, dual_lr) live in the state as `Hyperparams` arrays, so learners with
+different values share one compiled program; `AgentConfig` gives their defaults.
 """
 
 import dataclasses
@@ -44,15 +48,15 @@ class AgentConfig:
     learning_rate: float = 3e-4  # one Adam over critic, actor_bc and actor.
     grad_clip_norm: float = 1.0  # global-norm clip over the whole gradient tree.
     batch_size: int = 256  # B, used by the scanned sampler.
-    lam_scale: float = 3.0  # lambda_eff = lam_scale * lam.
+    lam_scale: float = 3.0  # lambda_eff = lam_scale * lam (default of Hyperparams.lam_scale).
     lam_init: float = 1.0  # initial dual variable lam.
-    kl_budget: float = 1.0  # eps, the trust-region budget on the per-env-step path KL.
-    dual_lr: float = 0.01  # step of the linear-space dual update.
+    kl_budget: float = 1.0  # eps, the trust-region budget on the per-env-step path KL (default of Hyperparams).
+    dual_lr: float = 0.01  # step of the linear-space dual update (default of Hyperparams.dual_lr).
     kl_ema_decay: float = 0.9  # EMA decay of the clipped KL estimate.
     kl_clip_factor: float = 2.0  # the estimate is clipped at kl_clip_factor * eps.
     lam_min: float = 0.01  # projection interval of lam.
     lam_max: float = 100.0
-    inv_temp: float = 1.0  # QAM only: inverse temperature multiplying the terminal adjoint.
+    inv_temp: float = 1.0  # QAM only: inverse temperature multiplying the terminal adjoint (default of Hyperparams).
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -83,6 +87,21 @@ class Trainable(NamedTuple):
     actor: Any
 
 
+class Hyperparams(NamedTuple):
+    """A learner's scalar hyperparameters: float32 arrays in the state, so a sweep is one vmapped axis."""
+
+    kl_budget: jax.Array  # eps of the TRQAM dual update (conventions §6).
+    inv_temp: jax.Array  # QAM's inverse temperature (conventions §4).
+    lam_scale: jax.Array  # lambda_eff = lam_scale * lam.
+    dual_lr: jax.Array  # step of the dual update.
+
+
+def hyperparams(config: "AgentConfig", **values) -> Hyperparams:
+    """The config's values as float32 scalars, or (L,) arrays where `values` gives per-learner ones."""
+    fields = {name: values.get(name, getattr(config, name)) for name in Hyperparams._fields}
+    return Hyperparams(**{k: jnp.asarray(v, jnp.float32) for k, v in fields.items()})
+
+
 @flax.struct.dataclass
 class TrainState:
     critic: Any  # Q_j parameters.
@@ -92,6 +111,7 @@ class TrainState:
     actor: Any  # fine-tuned velocity v_theta: acts, and gives the critic's next actions.
     opt_state: Any  # optax state of clip + Adam over Trainable(critic, actor_bc, actor).
     dual: DualState  # lam and the KL EMA.
+    hparams: Hyperparams  # this learner's eps, inverse temperature, lam_scale and dual_lr.
     step: jax.Array  # number of updates done.
     key: jax.Array  # PRNG key of this seed.
 
@@ -122,16 +142,19 @@ def init_train_state(
         actor=actor,
         opt_state=opt_state,
         dual=dual_init(config.lam_init),
+        hparams=hyperparams(config),
         step=jnp.zeros((), jnp.int32),
         key=key,
     )
 
 
 def init_seeds(seeds, config: AgentConfig, networks: Networks, obs_dim: int, chunk_dim: int,
-               pretrained_actor: Optional[Any] = None) -> TrainState:
-    """States for S seeds, stacked on a leading axis.
+               pretrained_actor: Optional[Any] = None, hparams: Optional[Hyperparams] = None) -> TrainState:
+    """States for L learners, stacked on a leading axis; learner i is seeded with seeds[i].
 
-    pretrained_actor, if given, is seed-stacked (leading axis S): seed i starts from BC run i.
+    pretrained_actor, if given, is stacked the same way (leading axis L): learner i starts from it.
+    hparams, if given, holds (L,) arrays (see `hyperparams`); otherwise every learner has the config's.
+    Learners with equal seeds start from equal parameters whatever their task or hyperparameters.
     """
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     init = functools.partial(init_train_state, config=config, networks=networks, obs_dim=obs_dim,
@@ -140,16 +163,23 @@ def init_seeds(seeds, config: AgentConfig, networks: Networks, obs_dim: int, chu
         states = jax.vmap(init)(keys)
     else:
         states = jax.vmap(lambda k, p: init(k, pretrained_actor=p))(keys, pretrained_actor)
+    if hparams is not None:
+        states = states.replace(hparams=with_learner_axis(hparams, len(keys)))
     # critic/critic_target and the three actors start equal; give each leaf its own buffer so the
     # donated state never hands XLA the same buffer twice.
     return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), states)
 
 
-def lambda_eff(config: AgentConfig, dual: DualState) -> jax.Array:
-    """The effective multiplier: lam_scale * lam for TRQAM, 1 / inv_temp for QAM."""
+def with_learner_axis(hparams: Hyperparams, num_learners: int) -> Hyperparams:
+    """(L,) float32 arrays: scalars are broadcast to every learner."""
+    return Hyperparams(*(jnp.broadcast_to(jnp.asarray(v, jnp.float32), (num_learners,)) for v in hparams))
+
+
+def lambda_eff(config: AgentConfig, state: TrainState) -> jax.Array:
+    """The effective multiplier: lam_scale * lam for TRQAM, 1 / inv_temp for QAM (the state's values)."""
     if config.method == "qam":
-        return jnp.asarray(1.0 / config.inv_temp, jnp.float32)
-    return config.lam_scale * dual.lam
+        return 1.0 / state.hparams.inv_temp
+    return state.hparams.lam_scale * state.dual.lam
 
 
 def _bound(apply_fn, params, obs):
@@ -233,11 +263,11 @@ def split_update_key(key: jax.Array):
     return next_key, UpdateKeys(bc_key, critic_key, actor_key)
 
 
-def adjoint_scales(config: AgentConfig, dual: DualState) -> adj.AdjointMatchingScales:
-    """The scales of L_AM: TRQAM with lambda_eff of `dual`, or QAM with its inverse temperature."""
+def adjoint_scales(config: AgentConfig, state: TrainState) -> adj.AdjointMatchingScales:
+    """The scales of L_AM: TRQAM with the state's lambda_eff, or QAM with its inverse temperature."""
     if config.method == "qam":
-        return adj.qam_scales(config.inv_temp)
-    return adj.trqam_scales(lambda_eff(config, dual))
+        return adj.qam_scales(state.hparams.inv_temp)
+    return adj.trqam_scales(lambda_eff(config, state))
 
 
 def make_total_loss(config: AgentConfig, networks: Networks):
@@ -258,7 +288,7 @@ def make_total_loss(config: AgentConfig, networks: Networks):
         if config.method != "bc":
             horizon, chunk_dim = batch.actions.shape[1], batch.actions.shape[1] * batch.actions.shape[2]
             # The loss uses lam from before this step's dual update.
-            scales = adjoint_scales(config, state.dual)
+            scales = adjoint_scales(config, state)
             l_q, m_q = q_loss(params.critic, state.critic_target, state.actor, batch, keys.critic)
             l_am, m_am = adjoint_matching(params.actor, state.actor_ref, state.critic_target,
                                           batch.observations, keys.actor, scales, horizon, chunk_dim)
@@ -291,11 +321,11 @@ def make_update_fn(config: AgentConfig, networks: Networks) -> Callable[[TrainSt
 
         dual = state.dual
         if config.method != "bc":
-            lam_eff = lambda_eff(config, state.dual)  # lam from before the dual update
+            lam_eff = lambda_eff(config, state)  # lam from before the dual update
             metrics["lambda_eff"] = lam_eff
             metrics["kl_closed_form"] = adj.closed_form_kl(metrics["kl_const"], lam_eff)
         if config.method == "trqam":
-            dual, info = dual_update(dual, metrics["kl_hat"], config.kl_budget, config.dual_lr,
+            dual, info = dual_update(dual, metrics["kl_hat"], state.hparams.kl_budget, state.hparams.dual_lr,
                                      config.kl_ema_decay, config.kl_clip_factor, config.lam_min,
                                      config.lam_max)
             metrics.update(kl_ema=dual.kl_ema, kl_clip_active=info.clip_active)

@@ -16,6 +16,10 @@ Data layout
   filled by the pure `append`. Its own `terminals` mark its episode ends; its filled end (`size`)
   counts as a trajectory end. Its chunk tables are computed on the fly from `terminals` (H - 1
   extra gathers), since appends change them.
+* Tasks of one domain: after relabelling, the tasks of a domain share every array but `rewards` and
+  `masks`. A domain's `ChunkData` holds those two as (T, N) (one row per task) and the rest once;
+  `TaskData(data, task)` pairs the shared data with one learner's task row, which the samplers read
+  with a single gather (`rewards[task, rows]`), so no learner copies a row.
 * `ReplayData(offline, online)`: the online replay of conventions §10 (dataset + online transitions,
   sampled uniformly). Under `jax.vmap` over seeds, use `REPLAY_IN_AXES` (offline shared, axis None,
   not copied; online per seed, axis 0). For offline training, `ChunkData` alone with
@@ -60,8 +64,8 @@ class ChunkData(NamedTuple):
 
     observations: jax.Array  # (N, O)
     actions: jax.Array  # (N, A)
-    rewards: jax.Array  # (N,)
-    masks: jax.Array  # (N,)
+    rewards: jax.Array  # (N,), or (T, N): one row per task of a domain
+    masks: jax.Array  # (N,), or (T, N)
     terminals: jax.Array  # (N,)
     next_observations: jax.Array  # (N, O)
     steps_left: jax.Array  # (N,) int32: steps from row i to its trajectory's end, inclusive
@@ -87,9 +91,18 @@ class ReplayData(NamedTuple):
     online: OnlineBuffer
 
 
+class TaskData(NamedTuple):
+    """One learner's view of shared data: the data, and the row of its (T, N) offline rewards and masks."""
+
+    data: object  # ChunkData, or ReplayData (its offline part may hold (T, N) rewards and masks)
+    task: jax.Array  # () int32; (L,) under the learner vmap
+
+
 # vmap in_axes prefixes for the `data` argument of the seed-vmapped training scan.
 OFFLINE_IN_AXES = None
 REPLAY_IN_AXES = ReplayData(offline=None, online=0)
+TASK_OFFLINE_IN_AXES = TaskData(data=None, task=0)  # the domain's data shared, a task index per learner
+TASK_REPLAY_IN_AXES = TaskData(data=REPLAY_IN_AXES, task=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,13 +144,17 @@ def make_chunk_data(
 
     capacity: pad every array to this many rows (>= N) with zeros so that windows of different
     sizes share one shape; the padding is never sampled (`size` = N).
+    rewards and masks may be (T, N): one row per task of a domain (sample with `TaskData`).
     """
     arrays = [np.asarray(a) for a in (observations, actions, rewards, masks, terminals, next_observations)]
     obs, act, rew, msk, term, nobs = arrays
     n = obs.shape[0]
-    chex.assert_rank([obs, act, rew, msk, term, nobs], [2, 2, 1, 1, 1, 2])
+    per_task = rew.ndim == 2
+    chex.assert_rank([obs, act, rew, msk, term, nobs], [2, 2, 1 + per_task, 1 + per_task, 1, 2])
     chex.assert_equal_shape([obs, nobs])
-    chex.assert_equal_shape_prefix(arrays, 1)
+    chex.assert_equal_shape([rew, msk])
+    chex.assert_equal_shape_prefix([obs, act, term, nobs], 1)
+    chex.assert_axis_dimension(rew, rew.ndim - 1, n)
     if n == 0:
         raise ValueError('empty dataset')
     capacity = n if capacity is None else int(capacity)
@@ -145,17 +162,19 @@ def make_chunk_data(
         raise ValueError(f'capacity {capacity} < number of transitions {n}')
     steps_left = compute_steps_left(term)
 
-    def pad(a, dtype):
+    def pad(a, dtype, axis=0):
         a = a.astype(dtype, copy=False)
         if capacity > n:
-            a = np.concatenate([a, np.zeros((capacity - n,) + a.shape[1:], dtype)], axis=0)
+            widths = [(0, 0)] * a.ndim
+            widths[axis] = (0, capacity - n)
+            a = np.pad(a, widths)
         return a
 
     host = ChunkData(
         observations=pad(obs, np.float32),
         actions=pad(act, np.float32),
-        rewards=pad(rew, np.float32),
-        masks=pad(msk, np.float32),
+        rewards=pad(rew, np.float32, rew.ndim - 1),
+        masks=pad(msk, np.float32, rew.ndim - 1),
         terminals=pad(term, np.float32),
         next_observations=pad(nobs, np.float32),
         steps_left=pad(steps_left, np.int32),
@@ -164,9 +183,10 @@ def make_chunk_data(
     return jax.device_put(host, device)
 
 
-def chunk_data_nbytes(num_transitions: int, obs_dim: int, action_dim: int) -> int:
-    """Device bytes of a `ChunkData` with that many rows (float32 arrays, int32 steps_left)."""
-    per_row = 4 * (2 * obs_dim + action_dim) + 4 * 4
+def chunk_data_nbytes(num_transitions: int, obs_dim: int, action_dim: int, num_tasks: int = 1) -> int:
+    """Device bytes of a `ChunkData` with that many rows (float32 arrays, int32 steps_left), with
+    rewards and masks for `num_tasks` tasks."""
+    per_row = 4 * (2 * obs_dim + action_dim) + 4 * (2 + 2 * int(num_tasks))
     return int(num_transitions) * per_row
 
 
@@ -250,15 +270,20 @@ def online_chunk_table(buffer: OnlineBuffer, start, horizon: int):
     return _table_from_n_valid(start, n_valid, horizon)
 
 
-def _assemble(src, start, table, discount) -> Batch:
+def _task_rows(values, rows, task):
+    """values[rows], or values[task, rows] for per-task (T, N) values (one gather, no row copied)."""
+    return values[rows] if values.ndim == 1 else values[task, rows]
+
+
+def _assemble(src, start, table, discount, task=None) -> Batch:
     step_idx, step_valid, valid_last = table
     horizon = step_idx.shape[1]
     n_valid = jnp.sum(step_valid, axis=1)
     last_idx = start + n_valid - 1
     disc = jnp.asarray(discount, jnp.float32) ** jnp.arange(horizon, dtype=jnp.float32)
-    rewards = jnp.sum(src.rewards[step_idx] * disc[None, :] * step_valid, axis=1)
+    rewards = jnp.sum(_task_rows(src.rewards, step_idx, task) * disc[None, :] * step_valid, axis=1)
     # Invalid steps repeat the last valid row, so the plain min is the min over valid steps.
-    masks = jnp.min(src.masks[step_idx], axis=1)
+    masks = jnp.min(_task_rows(src.masks, step_idx, task), axis=1)
     actions = jnp.clip(src.actions[step_idx], -ACTION_CLIP, ACTION_CLIP)
     return Batch(
         observations=src.observations[start],
@@ -270,10 +295,11 @@ def _assemble(src, start, table, discount) -> Batch:
     )
 
 
-def gather_chunks(data: ChunkData, start, horizon: int, discount: float) -> Batch:
-    """The batch of chunks starting at the given offline indices (B,) (conventions §9)."""
+def gather_chunks(data: ChunkData, start, horizon: int, discount: float, task=None) -> Batch:
+    """The batch of chunks starting at the given offline indices (B,) (conventions §9); `task` picks
+    the row of per-task (T, N) rewards and masks."""
     start = jnp.asarray(start, jnp.int32)
-    return _assemble(data, start, chunk_table(data, start, horizon), discount)
+    return _assemble(data, start, chunk_table(data, start, horizon), discount, task)
 
 
 def gather_online_chunks(buffer: OnlineBuffer, start, horizon: int, discount: float) -> Batch:
@@ -282,13 +308,14 @@ def gather_online_chunks(buffer: OnlineBuffer, start, horizon: int, discount: fl
     return _assemble(buffer, start, online_chunk_table(buffer, start, horizon), discount)
 
 
-def sample_chunks(data: ChunkData, key, batch_size: int, horizon: int, discount: float) -> Batch:
+def sample_chunks(data: ChunkData, key, batch_size: int, horizon: int, discount: float, task=None) -> Batch:
     """Offline sampler: start indices uniform over [0, size) (conventions §9). Jittable.
 
-    Bind batch_size, horizon and discount with functools.partial to get `sample_fn(data, key)`.
+    Bind batch_size, horizon and discount with functools.partial to get `sample_fn(data, key)`. The
+    draws do not depend on `task`: learners of one seed on different tasks see the same rows.
     """
     start = jax.random.randint(key, (batch_size,), 0, data.size, dtype=jnp.int32)
-    return gather_chunks(data, start, horizon, discount)
+    return gather_chunks(data, start, horizon, discount, task)
 
 
 def sample_online(buffer: OnlineBuffer, key, batch_size: int, horizon: int, discount: float) -> Batch:
@@ -308,14 +335,14 @@ def replay_starts(data: ReplayData, key, batch_size: int):
     return u, u < n_off
 
 
-def gather_replay(data: ReplayData, u, horizon: int, discount: float) -> Batch:
+def gather_replay(data: ReplayData, u, horizon: int, discount: float, task=None) -> Batch:
     """Chunks at replay positions u (see `replay_starts`): offline for u < N_off, else online."""
     u = jnp.asarray(u, jnp.int32)
     n_off = data.offline.size
     from_offline = u < n_off
     off_start = jnp.clip(u, 0, n_off - 1)
     on_start = jnp.clip(u - n_off, 0, jnp.maximum(data.online.size - 1, 0))
-    off = gather_chunks(data.offline, off_start, horizon, discount)
+    off = gather_chunks(data.offline, off_start, horizon, discount, task)
     on = gather_online_chunks(data.online, on_start, horizon, discount)
 
     def select(a, b):
@@ -325,11 +352,21 @@ def gather_replay(data: ReplayData, u, horizon: int, discount: float) -> Batch:
     return jax.tree_util.tree_map(select, off, on)
 
 
-def sample_replay(data: ReplayData, key, batch_size: int, horizon: int, discount: float) -> Batch:
+def sample_replay(data: ReplayData, key, batch_size: int, horizon: int, discount: float, task=None) -> Batch:
     """Online-phase sampler (conventions §10): uniform over dataset + this seed's online transitions.
 
     Chunks never cross from the offline rows into the online rows. Jittable; under the seed vmap
-    use `REPLAY_IN_AXES` for `data`.
+    use `REPLAY_IN_AXES` for `data`. `task` picks the row of per-task offline rewards and masks (the
+    online region holds the learner's own task already).
     """
     u, _ = replay_starts(data, key, batch_size)
-    return gather_replay(data, u, horizon, discount)
+    return gather_replay(data, u, horizon, discount, task)
+
+
+def task_sampler(sample, **kwargs):
+    """sample_fn(TaskData, key) from `sample_chunks` or `sample_replay`: the learner's task row is used."""
+
+    def sample_task(data: TaskData, key) -> Batch:
+        return sample(data.data, key, task=data.task, **kwargs)
+
+    return sample_task
