@@ -9,7 +9,11 @@ The IO side of `trqam_jax.chunks`. Main entry points:
   `ogbench.make_env_and_datasets`, but never downloads, and with conventions §9's post-processing (action
   clipping, optional sparse rewards). Sharded (10M/100M) datasets are concatenated.
 * `ShardWindow`: the offline data for the training loop: the whole dataset on device when it fits,
-  otherwise a window of shards rotated every `rotate_every` steps.
+  otherwise a window of shards rotated every `rotate_every` steps. Given several env ids of one
+  domain (a list, see `domain_env_names`), it holds the domain's data once with (T, N) rewards and
+  masks, one row per task (`trqam_jax.chunks.TaskData` samples one learner's row).
+* `domain_env_names(domain, tasks)`: the single-task env ids of a domain's tasks.
+* `load_shard_tasks(path, env_names, envs)`: one raw file read once, relabelled for several tasks.
 * `dataset_nbytes(env_name, dataset_dir)`: device bytes the dataset needs (from the npz headers).
 * `to_device(dataset)`: numpy dict -> `trqam_jax.chunks.ChunkData`.
 
@@ -31,7 +35,7 @@ import os
 import re
 import zipfile
 import zlib
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,6 +44,9 @@ from trqam_jax import chunks
 DEFAULT_DATASET_DIR = '~/.ogbench/data'
 ACTION_CLIP_EPS = 1e-5
 KEYS = ('observations', 'actions', 'rewards', 'masks', 'terminals', 'next_observations')
+TASK_KEYS = ('rewards', 'masks')  # what relabelling writes: (T, N) in a domain's data
+SHARED_KEYS = tuple(k for k in KEYS if k not in TASK_KEYS)  # the same for every task of a domain
+INFO_KEYS = ('qpos', 'qvel', 'button_states')  # what relabelling reads
 
 
 class DataError(Exception):
@@ -133,6 +140,61 @@ def parse_env_name(env_name: str) -> EnvInfo:
         version=version,
         spec=DOMAINS[domain],
     )
+
+
+TASKS = (1, 2, 3, 4, 5)  # the single tasks of every OGBench domain
+
+
+def is_domain_name(name) -> bool:
+    """True when `name` is exactly a domain of `DOMAINS` (e.g. 'cube-double-play'), not an env id."""
+    return isinstance(name, str) and name in DOMAINS
+
+
+def domain_env_names(domain: str, tasks: Optional[Sequence[int]] = None) -> Tuple[str, ...]:
+    """The env ids '<domain>-singletask-task<i>-v0' of `tasks` (default all five, 1..5), in the given
+    order. Raises UnknownEnvError for an unknown domain (listing the valid ones) or task number."""
+    if not is_domain_name(domain):
+        raise UnknownEnvError(f'unknown domain {domain!r}; {valid_domains_message()}')
+    tasks = TASKS if tasks is None else tuple(tasks)
+    if not tasks:
+        raise UnknownEnvError(f'no tasks given for domain {domain!r}: name some of 1..5, e.g. tasks=(1, 3)')
+    seen = set()
+    for t in tasks:
+        ok = isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)) and 1 <= int(t) <= 5
+        if not ok:
+            raise UnknownEnvError(
+                f'unknown task {t!r} for domain {domain!r}: tasks are the integers 1..5, e.g. tasks=(1, 3)'
+            )
+        if int(t) in seen:
+            raise UnknownEnvError(f'task {int(t)} of domain {domain!r} given twice: list each task once')
+        seen.add(int(t))
+    return tuple(f'{domain}-singletask-task{int(t)}-v0' for t in tasks)
+
+
+def parse_domain_env_names(env_names: Sequence[str]) -> Tuple[EnvInfo, ...]:
+    """Validates the env ids of a domain program: one or more explicit tasks (task<i>) of ONE domain
+    and version, none repeated. Raises UnknownEnvError / DataError with the fix."""
+    if isinstance(env_names, str) or not isinstance(env_names, (list, tuple)):
+        raise DataError(f'expected a list of env ids of one domain, got {env_names!r}')
+    if not env_names:
+        raise DataError('no env ids given: a domain window needs at least one task')
+    infos = tuple(parse_env_name(n) for n in env_names)
+    datasets = sorted({i.dataset for i in infos})
+    if len(datasets) > 1:
+        raise DataError(
+            f'the env ids {list(env_names)} span several domains ({", ".join(datasets)}): a domain program '
+            'trains the tasks of ONE domain; run the other domains separately'
+        )
+    alias = [i.env_name for i in infos if i.task is None]
+    if alias:
+        raise DataError(
+            f'{alias[0]} selects no task: in a list of tasks name each explicitly, e.g. '
+            f'{domain_env_names(infos[0].domain, (2,))[0]}'
+        )
+    repeated = sorted({n for n in env_names if list(env_names).count(n) > 1})
+    if repeated:
+        raise DataError(f'env id {repeated[0]} given twice: list each task of the domain once')
+    return infos
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,13 +393,18 @@ def file_rows_and_dims(path: str) -> Tuple[int, int, int]:
 
 
 def dataset_nbytes(
-    env_name: str, dataset_dir: str = DEFAULT_DATASET_DIR, standard: bool = False, per_shard: bool = False
+    env_name: str,
+    dataset_dir: str = DEFAULT_DATASET_DIR,
+    standard: bool = False,
+    per_shard: bool = False,
+    num_tasks: int = 1,
 ) -> int:
     """Device bytes the training dataset needs as `ChunkData` (float32 arrays, next_observations
     included), from the npz headers only (an upper bound: raw rows counted as transitions).
-    per_shard: the bytes of the largest single file instead of the total."""
+    per_shard: the bytes of the largest single file instead of the total. num_tasks: rewards and
+    masks held for that many tasks of the domain (a domain window)."""
     files = find_dataset_files(env_name, dataset_dir, standard)
-    sizes = [chunks.chunk_data_nbytes(*file_rows_and_dims(p)) for p in files.train]
+    sizes = [chunks.chunk_data_nbytes(*file_rows_and_dims(p), num_tasks=num_tasks) for p in files.train]
     return max(sizes) if per_shard else sum(sizes)
 
 
@@ -370,15 +437,32 @@ def sparsify_rewards(rewards):
 def postprocess(dataset: Dict[str, np.ndarray], sparse: bool = False, action_clip_eps: float = ACTION_CLIP_EPS):
     """conventions §9 post-processing of an ogbench dataset dict (already relabeled): keeps the six
     transition keys as float32, clips actions to [-1 + eps, 1 - eps], and sparsifies rewards."""
-    missing = [k for k in KEYS if k not in dataset]
+    _check_keys(dataset, KEYS)
+    shared = _postprocess_shared(dataset, action_clip_eps)
+    rewards, masks = _postprocess_task(dataset['rewards'], dataset['masks'], sparse)
+    return {k: rewards if k == 'rewards' else masks if k == 'masks' else shared[k] for k in KEYS}
+
+
+def _check_keys(dataset, keys):
+    missing = [k for k in keys if k not in dataset]
     if missing:
         raise DataError(f'dataset lacks keys {missing} (has {sorted(dataset)})')
-    out = {k: np.asarray(dataset[k], dtype=np.float32) for k in KEYS}
+
+
+def _postprocess_shared(dataset, action_clip_eps):
+    """`postprocess` of the keys every task of a domain shares."""
+    out = {k: np.asarray(dataset[k], dtype=np.float32) for k in SHARED_KEYS}
     if action_clip_eps is not None:
         out['actions'] = np.clip(out['actions'], -1 + action_clip_eps, 1 - action_clip_eps).astype(np.float32)
-    if sparse:
-        out['rewards'] = sparsify_rewards(out['rewards'])
     return out
+
+
+def _postprocess_task(rewards, masks, sparse):
+    """`postprocess` of one task's relabelled rewards and masks."""
+    rewards = np.asarray(rewards, dtype=np.float32)
+    if sparse:
+        rewards = sparsify_rewards(rewards)
+    return rewards, np.asarray(masks, dtype=np.float32)
 
 
 def make_env(env_name: str, seed: int = 0, **env_kwargs):
@@ -400,20 +484,73 @@ def _in_shard_dir(path: str, info: EnvInfo) -> bool:
     return os.path.basename(os.path.dirname(path)) in info.spec.shard_dirs
 
 
+def _read_raw(path: str, info: EnvInfo):
+    """A raw OGBench npz read as `ogbench.make_env_and_datasets` reads a single-task train file
+    (float32 observations and actions, next_observations, the info keys relabelling needs)."""
+    import ogbench
+
+    try:
+        return ogbench.load_dataset(path, compact_dataset=False, add_info=True)
+    except _READ_ERRORS as e:
+        _blame([path], info.env_name, os.path.dirname(os.path.dirname(path)) if _in_shard_dir(path, info)
+               else os.path.dirname(path), e)
+
+
 def load_shard(path: str, env_name: str, env, sparse: bool = False, action_clip_eps: float = ACTION_CLIP_EPS):
     """One raw OGBench npz (e.g. a shard) -> post-processed numpy dict. Same processing as
     `ogbench.make_env_and_datasets` (next_observations, task relabeling with `env`), then conventions §9."""
-    import ogbench
     from ogbench.relabel_utils import relabel_dataset
 
     info = parse_env_name(env_name)
-    try:
-        ds = ogbench.load_dataset(path, compact_dataset=False, add_info=True)
-    except _READ_ERRORS as e:
-        _blame([path], env_name, os.path.dirname(os.path.dirname(path)) if _in_shard_dir(path, info)
-               else os.path.dirname(path), e)
+    ds = _read_raw(path, info)
     relabel_dataset(info.ogbench_env, env, ds)
     return postprocess(ds, sparse, action_clip_eps)
+
+
+def _check_task_envs(infos: Sequence[EnvInfo], envs) -> Tuple:
+    """The envs of a domain's tasks, one per env id in order (each must be that task's env)."""
+    if isinstance(envs, (str, bytes)) or not isinstance(envs, (list, tuple)) or len(envs) != len(infos):
+        raise ValueError(
+            f'expected a list of {len(infos)} envs, one per env id of {[i.env_name for i in infos]} in that '
+            f'order (make each with experiments.data.make_env(name, seed=...)), got {envs!r}'
+        )
+    for info, env in zip(infos, envs):
+        task = getattr(getattr(env, 'unwrapped', env), '_reward_task_id', None)
+        if isinstance(task, (int, np.integer)) and task not in (0, info.task):
+            raise ValueError(f'the env given for {info.env_name} is the env of task {task}: give the envs in the '
+                             'order of the env ids')
+    return tuple(envs)
+
+
+def load_shard_tasks(
+    path: str,
+    env_names: Sequence[str],
+    envs: Sequence,
+    sparse: bool = False,
+    action_clip_eps: float = ACTION_CLIP_EPS,
+) -> Dict[str, np.ndarray]:
+    """One raw OGBench npz (the standard file or a shard), read ONCE, relabelled for each task of a
+    domain: a numpy dict of the shared keys (observations, actions, terminals, next_observations; n
+    rows) and rewards and masks of shape (T, n), row t relabelled with envs[t] for env_names[t].
+    Row t equals what `load_shard(path, env_names[t], envs[t], ...)` (and the single-task
+    `load_dataset`) gives: same reading, relabelling and post-processing."""
+    from ogbench.relabel_utils import relabel_dataset
+
+    infos = parse_domain_env_names(env_names)
+    envs = _check_task_envs(infos, envs)
+    ds = _read_raw(path, infos[0])
+    _check_keys(ds, SHARED_KEYS)
+    rewards, masks = [], []
+    for info, env in zip(infos, envs):
+        task_ds = {k: ds[k] for k in INFO_KEYS if k in ds}  # relabel_dataset only adds rewards and masks
+        relabel_dataset(info.ogbench_env, env, task_ds)
+        r, m = _postprocess_task(task_ds['rewards'], task_ds['masks'], sparse)
+        rewards.append(r)
+        masks.append(m)
+    out = _postprocess_shared(ds, action_clip_eps)
+    out['rewards'] = np.stack(rewards)
+    out['masks'] = np.stack(masks)
+    return out
 
 
 def load_shards(
@@ -425,24 +562,39 @@ def load_shards(
     load_fn: Optional[Callable] = None,
 ):
     """Loads and concatenates shards into arrays preallocated from the npz headers (peak host
-    memory: the result plus one shard). Each shard's last row is a trajectory end."""
-    load_fn = load_fn or load_shard
+    memory: the result plus one shard). Each shard's last row is a trajectory end.
+
+    env_name may be a list of T env ids of one domain, with `env` the matching list of envs: each
+    shard is then read once and relabelled per task (`load_fn(path, env_names, envs, sparse,
+    action_clip_eps)`, default `load_shard_tasks`), and rewards and masks are (T, n)."""
+    multi = not isinstance(env_name, str)
+    if multi:
+        env_name = tuple(env_name)
+        env = _check_task_envs(parse_domain_env_names(env_name), env)
+    load_fn = load_fn or (load_shard_tasks if multi else load_shard)
+    lead = (len(env_name),) if multi else ()
     dims = [file_rows_and_dims(p) for p in paths]
     total = sum(r for r, _, _ in dims)
     obs_dim, act_dim = dims[0][1], dims[0][2]
-    shapes = dict(
-        observations=(obs_dim,), actions=(act_dim,), rewards=(), masks=(), terminals=(), next_observations=(obs_dim,)
-    )
-    out = {k: np.empty((total,) + s, np.float32) for k, s in shapes.items()}
+    shapes = dict(observations=(total, obs_dim), actions=(total, act_dim), rewards=lead + (total,),
+                  masks=lead + (total,), terminals=(total,), next_observations=(total, obs_dim))
+    out = {k: np.empty(shapes[k], np.float32) for k in KEYS}
     n = 0
     for p in paths:
         ds = load_fn(p, env_name, env, sparse, action_clip_eps)
-        m = ds['rewards'].shape[0]
+        m = ds['terminals'].shape[0]
         for k in KEYS:
-            out[k][n : n + m] = ds[k]
+            expected = lead + (m,) if k in TASK_KEYS else (m,)
+            if tuple(ds[k].shape[: len(expected)]) != expected:
+                raise DataError(f'{p}: {k} has shape {ds[k].shape}, expected {expected} + ... ({m} transitions, '
+                                f'{len(lead) or 1} task(s))')
+            if k in TASK_KEYS:
+                out[k][..., n : n + m] = ds[k]
+            else:
+                out[k][n : n + m] = ds[k]
         out['terminals'][n + m - 1] = 1.0
         n += m
-    return {k: v[:n] for k, v in out.items()}
+    return {k: v[..., :n] if k in TASK_KEYS else v[:n] for k, v in out.items()}
 
 
 def load_dataset(
@@ -510,11 +662,21 @@ class ShardWindow:
     the jitted training scan does not recompile when the window changes (sampling stays uniform
     over the window's real rows). Call `data_at(step)` between scans; make the scan length divide
     `rotate_every`.
+
+    Domain window: `env_name` a list/tuple of T env ids of ONE domain (even T = 1; see
+    `domain_env_names`). Then `data_at` gives a `ChunkData` whose rewards and masks are (T, N), row t
+    relabelled for env_names[t], everything else held once; every file is read once per window load
+    and relabelled once per task (`load_shard_tasks`). `env` is then a list of T envs in the same
+    order (default: `make_env(name)` for each), and `load_fn`, when given, is called per file as
+    `load_fn(path, env_names, envs, sparse, action_clip_eps)` and must return what
+    `load_shard_tasks` does. With a single env id (a str), everything is as for one task: 1-D rewards
+    and masks, `load_fn(path, env_name, env, sparse, action_clip_eps)` like `load_shard`.
+    `env_names` (a tuple) and `num_tasks` say which case it is (1 task: `env_names[0]`).
     """
 
     def __init__(
         self,
-        env_name: str,
+        env_name: Union[str, Sequence[str]],
         dataset_dir: str = DEFAULT_DATASET_DIR,
         sparse: bool = False,
         *,
@@ -527,10 +689,19 @@ class ShardWindow:
         device=None,
         load_fn: Optional[Callable] = None,
     ):
-        self.info = parse_env_name(env_name)
-        self.files = find_dataset_files(env_name, dataset_dir, standard)
+        self.domain_window = not isinstance(env_name, str)
+        if self.domain_window:
+            self.infos = parse_domain_env_names(env_name)
+        else:
+            self.infos = (parse_env_name(env_name),)
+        self.info = self.infos[0]  # info.dataset / info.domain are the domain's
+        self.env_names = tuple(i.env_name for i in self.infos)
+        self.num_tasks = len(self.env_names)
+        self.files = find_dataset_files(self.info.env_name, dataset_dir, standard)
         self.paths = list(self.files.train)
-        self.file_nbytes = [chunks.chunk_data_nbytes(*file_rows_and_dims(p)) for p in self.paths]
+        self.file_nbytes = [
+            chunks.chunk_data_nbytes(*file_rows_and_dims(p), num_tasks=self.num_tasks) for p in self.paths
+        ]
         if shards_per_window is None:
             if budget_bytes is None:
                 shards_per_window = len(self.paths)
@@ -547,7 +718,14 @@ class ShardWindow:
         self.action_clip_eps = action_clip_eps
         self.device = device
         self.load_fn = load_fn
-        self.env = env if env is not None else make_env(env_name)
+        if self.domain_window:
+            # env: the list of the tasks' envs, in the order of env_names.
+            self.env = _check_task_envs(self.infos, env) if env is not None else tuple(
+                make_env(name) for name in self.env_names)
+            self.envs = self.env
+        else:
+            self.env = env if env is not None else make_env(env_name)
+            self.envs = (self.env,)
         self.capacity = None
         self.index = None
         self._data = None
@@ -562,7 +740,8 @@ class ShardWindow:
         return self.num_windows == 1
 
     def nbytes(self) -> int:
-        """Device bytes of one window (upper bound from the npz headers)."""
+        """Device bytes of one window (upper bound from the npz headers; rewards and masks of every
+        task counted)."""
         step = self.shards_per_window
         return max(sum(self.file_nbytes[i : i + step]) for i in range(0, len(self.paths), step))
 
@@ -575,7 +754,10 @@ class ShardWindow:
 
     def _load(self, index: int) -> chunks.ChunkData:
         paths = self.windows[index]
-        if not self.files.sharded and self.load_fn is None:
+        if self.domain_window:
+            # Each file read once, relabelled per task: rewards and masks (T, n).
+            train = load_shards(paths, self.env_names, self.envs, self.sparse, self.action_clip_eps, self.load_fn)
+        elif not self.files.sharded and self.load_fn is None:
             train, _ = load_dataset(
                 self.info.env_name,
                 self.files.directory,
@@ -587,7 +769,7 @@ class ShardWindow:
             )
         else:
             train = load_shards(paths, self.info.env_name, self.env, self.sparse, self.action_clip_eps, self.load_fn)
-        n = train['rewards'].shape[0]
+        n = train['terminals'].shape[0]
         if self.num_windows > 1:
             # One shape for every window: the largest window's header row count (an upper bound).
             bound = max(sum(file_rows_and_dims(p)[0] for p in w) for w in self.windows)

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,19 +25,20 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from experiments import data
+from experiments import data, learners
 from experiments.checkpointing import Checkpointer, config_differences
 from experiments.logs import RunLogger
 from experiments.policy import make_chunk_policy
 from experiments.preemption import NEVER, Interrupted, Preemption
-from experiments.spec import TaskSpec, resolve
+from experiments.spec import TaskSpec
 from trqam_jax import agent, chunks
 
 
 BC_DIR = "_pretrained_bc"  # <output_dir>/_pretrained_bc/<domain>: the shared BC checkpoints
 # Config fields that do not identify a run: where it lives, where the data lives, and how the task
 # was named on the command line (the run dir is keyed by the task already).
-NOT_IDENTITY = ("output_dir", "dataset_dir", "env_name", "suite", "wandb.project", "wandb.entity", "wandb.group")
+NOT_IDENTITY = ("output_dir", "dataset_dir", "env_name", "suite", "tasks", "sweep.kl_budget", "sweep.inv_temp",
+                "learners_per_program", "wandb.project", "wandb.entity", "wandb.group")
 # Raising these extends a run; they are checked separately.
 EXTENDABLE = ("offline_steps", "online_steps")
 
@@ -79,8 +80,9 @@ def total_steps(config, method: str) -> int:
 # Data and devices.
 
 
-def open_dataset(config, spec: TaskSpec, env) -> data.ShardWindow:
-    """The offline data (on device, or a rotating window of shards); generates it if allowed."""
+def open_dataset(config, spec: TaskSpec, env_names, envs) -> data.ShardWindow:
+    """The domain's offline data for the tasks `env_names` (relabelled with `envs`): on the device once,
+    with per-task (T, N) rewards and masks, or a rotating window of shards. Generates it if allowed."""
     try:
         data.find_dataset_files(spec.env_name, config.dataset_dir)
     except data.DatasetMissingError as missing:
@@ -102,10 +104,11 @@ def open_dataset(config, spec: TaskSpec, env) -> data.ShardWindow:
                                       seed=config.seed, num_workers=max(1, min(4, os.cpu_count() or 1)), **kwargs)
     free = data.device_memory_bytes()  # None on CPU: hold everything
     budget = None if free is None else int(config.dataset_memory_fraction * free)
-    window = data.ShardWindow(spec.env_name, config.dataset_dir, spec.sparse, env=env, budget_bytes=budget,
+    window = data.ShardWindow(list(env_names), config.dataset_dir, spec.sparse, env=list(envs), budget_bytes=budget,
                               shards_per_window=config.shards_in_memory or None,
                               rotate_every=config.shard_rotate_every)
-    print(f"Dataset {window.info.dataset}: {window.total_nbytes() / 2**30:.2f} GiB in all; "
+    print(f"Dataset {window.info.dataset} ({len(env_names)} task{'s' * (len(env_names) > 1)}): "
+          f"{window.total_nbytes() / 2**30:.2f} GiB in all; "
           f"{'held whole on the device' if window.fits else f'{window.num_windows} windows of {window.nbytes() / 2**30:.2f} GiB, rotated every {window.rotate_every} steps'}.")
     return window
 
@@ -122,24 +125,35 @@ def seed_shardings(num_seeds: int):
     return NamedSharding(mesh, PartitionSpec("seed")), NamedSharding(mesh, PartitionSpec())
 
 
+# The jitted policy of a network shape, shared by the runs of a program and by every evaluation.
+chunk_policy = functools.lru_cache(maxsize=None)(make_chunk_policy)
+
+
 def _put(tree, sharding):
     return tree if sharding is None else jax.device_put(tree, sharding)
 
 
 # ------------------------------------------------------------------------------------------------
-# The context of one task, and the bookkeeping shared by every phase.
+# The context of one program, where each run's learners are written, and the bookkeeping of a phase.
 
 
 @dataclasses.dataclass
 class Context:
-    config: object
+    """What a program's phases share: the settings, the networks, the domain's data and the learners.
+
+    `spec` is the first run's: every run of a program has the same domain, method and shapes, so its
+    static update settings serve all learners (their budgets are in the state, `agent.Hyperparams`).
+    """
+
+    config: object  # the program's config (schedule, evaluation, data)
     spec: TaskSpec
     nets: agent.Networks
-    window: Optional[data.ShardWindow]
-    seeds: list
+    window: Optional[data.ShardWindow]  # the domain's data, held once; rewards and masks (T, N)
+    seeds: list  # each learner's seed (L)
+    tasks: object  # (L,) int32: each learner's row of the per-task rewards and masks
     obs_dim: int
     action_dim: int
-    per_seed: object = None  # sharding of seed-stacked trees
+    per_seed: object = None  # sharding of learner-stacked trees
     replicated: object = None  # sharding of shared data
     preempt: Preemption = NEVER
 
@@ -147,47 +161,71 @@ class Context:
     def chunk_dim(self):
         return self.spec.horizon * self.action_dim
 
-    def offline_data(self, step: int):
-        return _put(self.window.data_at(step), self.replicated)
+    def offline_data(self, step: int) -> chunks.TaskData:
+        return chunks.TaskData(_put(self.window.data_at(step), self.replicated), self.tasks)
 
 
-def check_finite(metrics: Dict[str, np.ndarray], phase: str, step: int, checkpoint_dir: str, last_good) -> None:
+@dataclasses.dataclass
+class Output:
+    """One run directory's share of a program: its learners, logs, checkpoints and evaluations."""
+
+    run_dir: str
+    env_name: str
+    learners: slice  # its slice of the learner axis
+    seeds: list
+    logger: RunLogger
+    checkpointer: Checkpointer
+    meta: Dict  # saved with each checkpoint
+    evals: Optional["Evaluations"] = None
+
+
+def take(tree, learners: slice, total: int):
+    """The learners of one run from a learner-stacked tree (the tree itself when it is all of them)."""
+    if learners == slice(0, total):
+        return tree
+    return jax.tree_util.tree_map(lambda x: x[learners], tree)
+
+
+def check_finite(metrics: Dict[str, np.ndarray], phase: str, step: int, outputs, last_good) -> None:
     for name, values in metrics.items():
         bad = ~np.isfinite(values)
         if bad.any():
-            seeds = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist()
-            kept = (f"the last good checkpoint (step {last_good}) in {checkpoint_dir} is kept" if last_good is not None
+            learners = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist()
+            runs = [o.run_dir for o in outputs if any(o.learners.start <= i < o.learners.stop for i in learners)]
+            where = ", ".join(os.path.join(r, "checkpoints") for r in runs)
+            kept = (f"the last good checkpoint (step {last_good}) in {where} is kept" if last_good is not None
                     else "no checkpoint had been saved yet, so a rerun starts afresh")
             raise TrainingDivergedError(
-                f"{phase}: non-finite {name} in the {phase} updates up to step {step} (seed index {seeds}). "
+                f"{phase}: non-finite {name} in the {phase} updates up to step {step} (learner index {learners}). "
                 f"Training stopped; {kept}.")
 
 
 class Evaluations:
-    """The run's evaluations: beside training (a BackgroundEvaluator, config.eval_async) or blocking.
+    """One run's evaluations: beside training (a BackgroundEvaluator, config.eval_async) or blocking.
 
     Results are logged under their step, in step order. `pending()` lists the steps whose results are
-    not logged yet; a blocking evaluation cut short by a signal stays pending.
+    not logged yet; a blocking evaluation cut short by a signal stays pending. `num_workers` shares the
+    CPU cores between the runs of a program.
     """
 
-    def __init__(self, ctx: "Context", logger: RunLogger):
-        from experiments.evaluation import (BackgroundEvaluator, Evaluator, background_episodes_per_round,
-                                            default_num_workers)
+    def __init__(self, ctx: "Context", env_name: str, seeds: list, logger: RunLogger, num_workers: int):
+        from experiments.evaluation import BackgroundEvaluator, Evaluator, background_episodes_per_round
 
         config, spec = ctx.config, ctx.spec
-        self.ctx, self.logger, self.phase_of, self.waited_s = ctx, logger, {}, 0.0
-        self.act = make_chunk_policy(spec.offline, ctx.nets, spec.horizon, ctx.action_dim)
+        self.ctx, self.env_name, self.seeds, self.logger = ctx, env_name, seeds, logger
+        self.phase_of, self.waited_s = {}, 0.0
+        self.act = chunk_policy(agent.static_config(spec.offline), ctx.nets, spec.horizon, ctx.action_dim)
         # Envs per seed and round: set, or sized so that seeds x envs fill the free CPU cores. Both modes
         # use the same rounds, so they give the same numbers.
         per_round = config.eval_envs_per_seed or background_episodes_per_round(
-            len(ctx.seeds), config.eval_episodes, default_num_workers())
+            len(seeds), config.eval_episodes, num_workers)
         common = dict(max_episode_steps=spec.eval_steps, episodes_per_round=per_round)
         self.background, self.last_success, self._cut_short = None, None, []
         if config.eval_async:
-            self.background = BackgroundEvaluator(spec.env_name, len(ctx.seeds), config.eval_episodes,
-                                                  act_fn=self.act, horizon=spec.horizon, **common)
+            self.background = BackgroundEvaluator(env_name, len(seeds), config.eval_episodes, act_fn=self.act,
+                                                  horizon=spec.horizon, num_workers=num_workers, **common)
         else:
-            self.blocking = Evaluator(spec.env_name, len(ctx.seeds), config.eval_episodes, **common)
+            self.blocking = Evaluator(env_name, len(seeds), config.eval_episodes, **common)
 
     def _seed_and_key(self, step: int):
         # Env seeds and the policy key depend on the step only, so a re-run repeats an evaluation exactly.
@@ -211,7 +249,7 @@ class Evaluations:
         return list(self._cut_short) + (self.background.pending() if self.background is not None else [])
 
     def _log(self, step: int, result) -> None:
-        self.logger.log_eval(step, self.phase_of.pop(step), self.ctx.seeds, result.success_rate, result.mean_return)
+        self.logger.log_eval(step, self.phase_of.pop(step), self.seeds, result.success_rate, result.mean_return)
         self.last_success = result.success_rate
 
     def collect(self, before: Optional[int] = None) -> None:
@@ -236,47 +274,59 @@ class Evaluations:
 
 
 class Phase:
-    """Logging, evaluation, checkpoints and preemption at the boundaries of one phase's updates."""
+    """Logging, evaluation, checkpoints and preemption at the boundaries of one phase's updates, for
+    every run of the program (each gets its own learners' slice)."""
 
-    def __init__(self, ctx: Context, name: str, checkpointer: Checkpointer, logger: RunLogger, meta: Dict,
-                 start: int, end: int, evals: Optional[Evaluations] = None, unit: str = "step", step_offset: int = 0):
-        self.ctx, self.name, self.checkpointer, self.logger = ctx, name, checkpointer, logger
-        self.meta, self.evals = meta, evals
+    def __init__(self, ctx: Context, name: str, outputs, start: int, end: int, unit: str = "step",
+                 step_offset: int = 0):
+        self.ctx, self.name, self.outputs = ctx, name, list(outputs)
+        self.total = len(ctx.seeds)
         self.end_step = step_offset + end  # in the run's step count (online: offline_steps + env steps)
-        self.last_good = (checkpointer.steps() or [None])[-1]
-        self.bar = None if end <= start else tqdm(total=end, initial=start, desc=f"{ctx.spec.env_name} {name}",
-                                                   unit=unit, dynamic_ncols=True)
+        # The newest step that every run has (they are saved together).
+        common = set.intersection(*(set(o.checkpointer.steps()) for o in self.outputs))
+        self.last_good = max(common) if common else None
+        label = ctx.spec.env_name if len(self.outputs) == 1 else f"{ctx.spec.domain} ({self.total} learners)"
+        self.bar = None if end <= start else tqdm(total=end, initial=start, desc=f"{label} {name}", unit=unit,
+                                                   dynamic_ncols=True)
+
+    def _pending(self):
+        return [step for o in self.outputs if o.evals is not None for step in o.evals.pending()]
 
     def log(self, step: int, host: Dict[str, np.ndarray]) -> None:
-        check_finite(host, self.name, step, self.checkpointer.directory, self.last_good)
-        self.logger.log_train(step, self.name, self.ctx.seeds, host)
+        check_finite(host, self.name, step, self.outputs, self.last_good)
+        for o in self.outputs:
+            o.logger.log_train(step, self.name, o.seeds, {k: v[o.learners] for k, v in host.items()})
 
     def save(self, step: int, states, replay=None) -> None:
-        """A checkpoint at `step`. An evaluation of this step still in flight is recorded, so a resume runs
-        it again from the saved state (`boundary` has waited for the earlier ones)."""
-        pending = self.evals.pending() if self.evals is not None else []
-        self.checkpointer.save(step, states, {**self.meta, "phase": self.name, "step": step,
-                                              "eval_pending": step in pending}, replay=replay)
+        """A checkpoint at `step` in every run dir. An evaluation of this step still in flight is recorded,
+        so a resume runs it again from the saved state (`boundary` has waited for the earlier ones)."""
+        for o in self.outputs:
+            pending = o.evals.pending() if o.evals is not None else []
+            o.checkpointer.save(step, take(states, o.learners, self.total),
+                                {**o.meta, "phase": self.name, "step": step, "eval_pending": step in pending},
+                                replay=None if replay is None else take(replay, o.learners, self.total))
         self.last_good = step
 
     def stop(self, signum: int, step: int, states, replay=None):
         """On a signal: save here unless an evaluation of an earlier step is still running (its actor is
         gone); the resume then starts from the last checkpoint, and repeats that work exactly."""
-        pending = self.evals.pending() if self.evals is not None else []
-        if self.last_good != step and not any(s < step for s in pending):
+        if self.last_good != step and not any(s < step for s in self._pending()):
             self.save(step, states, replay)
         raise Interrupted(signum, self.last_good, self.name)
 
     def boundary(self, step: int, states, eval_due: bool, save_due: bool, replay=None) -> None:
         try:
-            if self.evals is not None:
+            evaluated = [o for o in self.outputs if o.evals is not None]
+            for o in evaluated:
                 if eval_due:
-                    self.evals.submit(step, self.name, states.actor)
+                    o.evals.submit(step, self.name, take(states.actor, o.learners, self.total))
+            for o in evaluated:
                 # A phase's last evaluation is awaited before its last checkpoint.
                 last = step >= self.end_step
-                self.evals.collect(before=(step + 1 if last else step) if save_due else None)
-                if self.bar is not None and self.evals.last_success is not None:
-                    self.bar.set_postfix(success=f"{np.mean(self.evals.last_success):.2f}")
+                o.evals.collect(before=(step + 1 if last else step) if save_due else None)
+            successes = [o.evals.last_success for o in evaluated if o.evals.last_success is not None]
+            if self.bar is not None and successes:
+                self.bar.set_postfix(success=f"{np.mean(np.concatenate(successes)):.2f}")
             if save_due:
                 self.save(step, states, replay)
             self.ctx.preempt.check(step, self.name)
@@ -288,16 +338,51 @@ class Phase:
             self.bar.close()
 
 
-def scanned_phase(ctx: Context, cfg: agent.AgentConfig, states, start: int, end: int, phase: str,
-                  checkpointer: Checkpointer, logger: RunLogger, meta: Dict, evals: Optional[Evaluations] = None):
+@functools.lru_cache(maxsize=None)
+def train_program(cfg: agent.AgentConfig, nets: agent.Networks, horizon: int, num_steps: int, online: bool):
+    """The jitted scan of `num_steps` updates over learner-stacked states, offline or online. Cached, so
+    programs of the same shape (memory groups, runs of one process) are traced and compiled once."""
+    sampler, in_axes = ((chunks.sample_replay, chunks.TASK_REPLAY_IN_AXES) if online
+                        else (chunks.sample_chunks, chunks.TASK_OFFLINE_IN_AXES))
+    sample = chunks.task_sampler(sampler, batch_size=cfg.batch_size, horizon=horizon, discount=cfg.discount)
+    return agent.make_train_fn(cfg, nets, sample, num_steps, data_in_axes=in_axes)
+
+
+_COMPILED: Dict = {}
+
+
+def _signature(tree):
+    leaves, structure = jax.tree_util.tree_flatten(tree)
+    return structure, tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in leaves)
+
+
+def compile_train(train, states, data_example, label: str):
+    """The ahead-of-time compiled program (once per shape), and one line on its memory: state, XLA temp
+    and dataset."""
+    key = (train, _signature(states), _signature(data_example))
+    if key in _COMPILED:
+        return _COMPILED[key]
+    started = time.time()
+    compiled = _COMPILED[key] = train.lower(states, data_example).compile()
+    analysis = compiled.memory_analysis()
+    temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
+    mib = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MiB"
+    offline = data_example.data.offline if isinstance(data_example.data, chunks.ReplayData) else data_example.data
+    print(f"{label}: {len(np.asarray(data_example.task))} learners compiled in {time.time() - started:.1f} s; memory: "
+          f"state {mib(chunks.tree_nbytes(states))}, XLA temp {mib(temp)}, dataset {mib(chunks.tree_nbytes(offline))} "
+          f"(held once).")
+    return compiled
+
+
+def scanned_phase(ctx: Context, cfg: agent.AgentConfig, states, start: int, end: int, phase: str, outputs):
     """Runs updates start..end in scans of log_every, with logging, evaluation and checkpoints."""
     config = ctx.config
-    sample = functools.partial(chunks.sample_chunks, batch_size=cfg.batch_size, horizon=ctx.spec.horizon,
-                               discount=cfg.discount)
-    train = agent.make_train_fn(cfg, ctx.nets, sample, config.log_every)
-    bookkeeping = Phase(ctx, phase, checkpointer, logger, meta, start, end, evals)
+    train = train_program(agent.static_config(cfg), ctx.nets, ctx.spec.horizon, config.log_every, online=False)
+    bookkeeping = Phase(ctx, phase, outputs, start, end)
     try:
         with ctx.preempt.deferred():
+            if start < end:
+                train = compile_train(train, states, ctx.offline_data(start), f"{ctx.spec.domain} {phase}")
             for step in range(start, end, config.log_every):
                 states, metrics = train(states, ctx.offline_data(step))
                 done = step + config.log_every
@@ -364,8 +449,17 @@ def import_bc(ctx: Context):
     return _put(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *params), ctx.per_seed)
 
 
+def bc_context(ctx: Context, seeds) -> Context:
+    """BC is the same for every task and budget of a domain (it reads no reward): one learner per seed."""
+    per_seed, replicated = seed_shardings(len(seeds))
+    tasks = _put(jnp.zeros(len(seeds), jnp.int32), per_seed)
+    return dataclasses.replace(ctx, seeds=list(seeds), tasks=tasks, per_seed=per_seed, replicated=replicated)
+
+
 def pretrain_bc(ctx: Context):
-    """Seed-stacked BC actor params: loaded from <output_dir>/_pretrained_bc/<domain>, or trained there."""
+    """Seed-stacked BC actor params: loaded from <output_dir>/_pretrained_bc/<domain>, or trained there.
+
+    `ctx` has one learner per seed (`bc_context`)."""
     if ctx.config.bc_checkpoint:
         return import_bc(ctx)
     bc_dir = os.path.join(os.path.expanduser(ctx.config.output_dir), BC_DIR, ctx.spec.domain)
@@ -395,8 +489,9 @@ def pretrain_bc(ctx: Context):
         logger = RunLogger(bc_dir, resume_step=start if start else -1)
         try:
             bc_ctx = dataclasses.replace(ctx, nets=nets)
-            states = scanned_phase(bc_ctx, ctx.spec.bc, states, start, ctx.config.bc_steps, "bc", checkpointer,
-                                   logger, {"bc": identity})
+            output = Output(bc_dir, ctx.spec.domain, slice(0, len(ctx.seeds)), ctx.seeds, logger, checkpointer,
+                            {"bc": identity})
+            states = scanned_phase(bc_ctx, ctx.spec.bc, states, start, ctx.config.bc_steps, "bc", [output])
             if ctx.config.bc_steps == 0:
                 checkpointer.save(0, states, {"bc": identity, "phase": "bc", "step": 0})
         finally:
@@ -405,48 +500,45 @@ def pretrain_bc(ctx: Context):
 
 
 # ------------------------------------------------------------------------------------------------
-# Evaluation.
-
-
-# Evaluations: see `Evaluations` above.
-
-
-# ------------------------------------------------------------------------------------------------
 # Online fine-tuning.
 
 
-def online_phase(ctx: Context, states, replay, start: int, checkpointer: Checkpointer, logger: RunLogger,
-                 meta: Dict, evals: Evaluations):
-    """One env step per seed per iteration, one update per env step after online_start_steps.
+def online_phase(ctx: Context, states, online, start: int, outputs):
+    """One env step per learner per iteration, one update per env step after online_start_steps.
 
-    Chunks run open-loop. Every H env steps the new transitions are appended to each seed's replay
-    region, and H updates run in one scan over dataset + online data (docs/conventions.md, online
-    update timing). A signal stops at the next chunk boundary, where the replay is consistent.
+    Each run steps its own envs (its task, its seeds' env seeds), and each learner appends to its own
+    replay region. Chunks run open-loop. Every H env steps the new transitions are appended, and H
+    updates run in one scan over dataset + online data (docs/conventions.md, online update timing). A
+    signal stops at the next chunk boundary, where the replay is consistent.
     """
     from experiments.evaluation import OnlineEnvs
 
     config, spec = ctx.config, ctx.spec
     horizon, offset, end = spec.horizon, config.offline_steps, config.online_steps
     cfg = spec.online
-    sample = functools.partial(chunks.sample_replay, batch_size=cfg.batch_size, horizon=horizon,
-                               discount=cfg.discount)
-    train = agent.make_train_fn(cfg, ctx.nets, sample, horizon, data_in_axes=chunks.REPLAY_IN_AXES)
+    train = train_program(agent.static_config(cfg), ctx.nets, horizon, horizon, online=True)
     append = jax.jit(jax.vmap(chunks.append), donate_argnums=0)
-    act = make_chunk_policy(cfg, ctx.nets, horizon, ctx.action_dim)
-    num_seeds = len(ctx.seeds)
+    act = chunk_policy(agent.static_config(cfg), ctx.nets, horizon, ctx.action_dim)
     policy_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
-    envs = OnlineEnvs(spec.env_name, num_seeds, config.seed + start, sparse=spec.sparse,
-                      max_episode_steps=spec.eval_steps, vectorization="async" if config.online_envs_async else "sync")
-    pending, logged, chunk = [], [], None
-    bookkeeping = Phase(ctx, "online", checkpointer, logger, meta, start, end, evals, unit="env step",
-                        step_offset=offset)
+    num_seeds = len(outputs[0].seeds)
+    vectorization = "async" if config.online_envs_async else "sync"
+    envs = []
+    bookkeeping = Phase(ctx, "online", outputs, start, end, unit="env step", step_offset=offset)
+    pending, logged, chunk, compiled = [], [], None, False
     try:
+        for o in outputs:
+            envs.append(OnlineEnvs(o.env_name, len(o.seeds), config.seed + start, sparse=spec.sparse,
+                                   max_episode_steps=spec.eval_steps, vectorization=vectorization))
         with ctx.preempt.deferred():
             for t in range(start, end):
-                if chunk is None or envs.needs_chunk.any():
-                    chunk = act(states.actor, envs.observations[:, None], jax.random.fold_in(policy_key, t))[:, 0]
-                transition, _ = envs.step(chunk)
-                pending.append(transition)
+                if chunk is None or any(e.needs_chunk.any() for e in envs):
+                    # Every run draws with the keys of a separate run (split over its seeds), so a run's
+                    # chunks do not depend on the other runs of the program.
+                    keys = jnp.tile(jax.random.split(jax.random.fold_in(policy_key, t), num_seeds), (len(outputs), 1))
+                    observations = np.concatenate([e.observations for e in envs])
+                    chunk = act(states.actor, observations[:, None], keys)[:, 0]
+                blocks = [e.step(chunk[o.learners])[0] for o, e in zip(outputs, envs)]
+                pending.append(chunks.Transitions(*(np.concatenate(f) for f in zip(*blocks))))
                 done = t + 1
                 bookkeeping.bar.update(1)
                 if len(pending) < horizon:
@@ -454,19 +546,22 @@ def online_phase(ctx: Context, states, replay, start: int, checkpointer: Checkpo
                 block = chunks.Transitions(**{f: jnp.asarray(np.stack([getattr(tr, f) for tr in pending], axis=1))
                                               for f in chunks.Transitions._fields})
                 pending = []
-                replay = replay._replace(online=append(replay.online, block))
+                online = append(online, block)
                 if done > config.online_start_steps:
-                    replay = replay._replace(offline=ctx.offline_data(offset + t))
+                    replay = chunks.TaskData(chunks.ReplayData(ctx.offline_data(offset + t).data, online), ctx.tasks)
+                    if not compiled:
+                        train, compiled = compile_train(train, states, replay, f"{spec.domain} online"), True
                     states, metrics = train(states, replay)
                     logged.append({k: np.asarray(v).mean(axis=1) for k, v in jax.device_get(metrics).items()})
                 if done % config.log_every == 0 and logged:
                     bookkeeping.log(offset + done, {k: np.mean([m[k] for m in logged], axis=0) for k in logged[0]})
                     logged = []
                 bookkeeping.boundary(offset + done, states, eval_due=done % config.eval_every == 0 or done == end,
-                                     save_due=done % config.save_every == 0 or done == end, replay=replay.online)
+                                     save_due=done % config.save_every == 0 or done == end, replay=online)
     finally:
         bookkeeping.close()
-        envs.close()
+        for e in envs:
+            e.close()
     return states
 
 
@@ -548,11 +643,25 @@ def _grow_online(buffer: chunks.OnlineBuffer, capacity: int) -> chunks.OnlineBuf
     return jax.tree_util.tree_map(pad, buffer)
 
 
-def run_task(config, env_name: Optional[str] = None, resume: bool = False, preempt: Preemption = NEVER) -> str:
-    """Runs every stage of one task; returns its run directory."""
-    spec = resolve(config, env_name)  # validates every value before anything is written
-    run_dir = run_dir_of(config, spec.env_name, spec.method)
-    horizon = spec.horizon
+@dataclasses.dataclass
+class Resumable:
+    """A run of the program that still has work, and where it starts (None: afresh)."""
+
+    run: learners.Run
+    restored: Optional[tuple] = None  # (step, states, online replay, meta) of its newest readable checkpoint
+
+    @property
+    def start(self):
+        """Runs that start from the same point train together."""
+        if self.restored is None:
+            return (0, "", False)
+        meta = self.restored[3]
+        return (self.restored[0], meta.get("phase", ""), bool(meta.get("eval_pending")))
+
+
+def inspect_run(run: learners.Run, resume: bool) -> Optional[Resumable]:
+    """Whether a run has work left (None: finished), checked before anything is written."""
+    config, spec, run_dir = run.config, run.spec, run.run_dir
     restored, saved_step = None, None
     if os.path.isdir(os.path.join(run_dir, "checkpoints")):
         # Without --resume nothing is changed: only look (a leftover save is moved aside on resume).
@@ -567,50 +676,164 @@ def run_task(config, env_name: Optional[str] = None, resume: bool = False, preem
     continuing = check_run_dir(run_dir, resume, config, saved_step, saved_meta.get("phase"))
     if continuing and saved_step >= total_steps(config, spec.method) and not saved_meta.get("eval_pending"):
         print(f"{run_dir} is already finished (step {saved_step}); nothing to do.")
-        return run_dir
+        return None
+    return Resumable(run, restored if continuing else None)
 
-    env = data.make_env(spec.env_name, seed=config.seed)
-    window = open_dataset(config, spec, env)  # before the run dir is written: missing data leaves nothing
+
+def group_runs(config, todo: List[Resumable], learners_of_run: int, estimate=None) -> List[List[Resumable]]:
+    """The programs to run one after the other: runs with the same starting point, in groups that fit.
+
+    config.learners_per_program sets the group size (whole runs of num_seeds learners); 0 fits as many
+    as the device holds, by `estimate(num_runs) -> bytes` against its free memory (everything on CPU).
+    """
+    by_start: Dict[tuple, List[Resumable]] = {}
+    for r in todo:
+        by_start.setdefault(r.start, []).append(r)
+    groups = []
+    for _, runs in sorted(by_start.items()):
+        size = len(runs)
+        if config.learners_per_program:
+            size = max(1, config.learners_per_program // learners_of_run)
+            if size * learners_of_run != config.learners_per_program:
+                print(f"config.learners_per_program={config.learners_per_program} is not a multiple of the "
+                      f"{learners_of_run} seeds of a run: {size * learners_of_run} learners per program.")
+        elif estimate is not None:
+            free = data.device_memory_bytes()
+            while free is not None and size > 1 and estimate(size) > 0.9 * free:
+                size = (size + 1) // 2
+        groups.extend(runs[i:i + size] for i in range(0, len(runs), size))
+    return groups
+
+
+def memory_estimate(ctx_like: Context, cfg: agent.AgentConfig, num_seeds: int):
+    """estimate(num_runs) -> device bytes of an offline program of num_runs * num_seeds learners (state and
+    XLA temp, from a compile of abstract shapes); the dataset is already on the device."""
+
+    def estimate(num_runs: int) -> int:
+        n = num_runs * num_seeds
+        states = jax.eval_shape(lambda: agent.init_seeds(np.zeros(n, np.int32), cfg, ctx_like.nets, ctx_like.obs_dim,
+                                                         ctx_like.chunk_dim))
+        train = train_program(agent.static_config(cfg), ctx_like.nets, ctx_like.spec.horizon,
+                              ctx_like.config.log_every, online=False)
+        example = chunks.TaskData(ctx_like.window.data_at(0), jax.ShapeDtypeStruct((n,), jnp.int32))
+        analysis = train.lower(states, example).compile().memory_analysis()
+        temp = getattr(analysis, "temp_size_in_bytes", 0) if analysis is not None else 0
+        need = chunks.tree_nbytes(states) + temp
+        print(f"Memory of {n} learners: state {chunks.tree_nbytes(states) / 2**20:.1f} MiB, XLA temp "
+              f"{temp / 2**20:.1f} MiB; free on the device {data.device_memory_bytes() / 2**20:.0f} MiB.")
+        return need
+
+    return estimate
+
+
+def run_task(config, env_name: Optional[str] = None, resume: bool = False, preempt: Preemption = NEVER) -> str:
+    """Runs every stage of one task (a program of one task); returns its run directory."""
+    return run_program(config, [env_name or config.env_name], resume, preempt)[0]
+
+
+def run_program(config, env_names, resume: bool = False, preempt: Preemption = NEVER) -> List[str]:
+    """Trains the tasks `env_names` of one domain (with a budget axis, if config.sweep sets one) as one
+    jitted program of learners, or a few when they do not fit; returns the run directories."""
+    runs = learners.plan(config, env_names, run_dir_of)  # validates every value before anything is written
+    todo = [r for r in (inspect_run(run, resume) for run in runs) if r is not None]
+    if not todo:
+        return [run.run_dir for run in runs]
+    names = list(dict.fromkeys(r.run.spec.env_name for r in todo))  # the tasks left, in order
+    for r in todo:
+        r.run = dataclasses.replace(r.run, task=names.index(r.run.spec.env_name))
+    spec = todo[0].run.spec
+    envs = [data.make_env(name, seed=config.seed) for name in names]
+    window = open_dataset(config, spec, names, envs)  # before a run dir is written: missing data leaves nothing
     first = window.data_at(0)
     obs_dim, action_dim = first.observations.shape[1], first.actions.shape[1]
-    os.makedirs(run_dir, exist_ok=True)
-    _write_json(os.path.join(run_dir, "config.json"), json.loads(config.to_json()))
-    _write_json(os.path.join(run_dir, "task.json"), json.loads(json.dumps(dataclasses.asdict(spec))))
-    per_seed, replicated = seed_shardings(config.num_seeds)
-    ctx = Context(config, spec, agent.make_networks(spec.offline, horizon * action_dim), window,
-                  [config.seed + i for i in range(config.num_seeds)], obs_dim, action_dim, per_seed, replicated,
-                  preempt)
-    meta = {"env_name": spec.env_name, "method": spec.method, "obs_dim": obs_dim, "action_dim": action_dim,
-            "config": json.loads(config.to_json())}
-    online = _put(chunks.init_online(max(config.online_steps, 1), obs_dim, action_dim, num_seeds=config.num_seeds),
-                  per_seed)
-    step, eval_pending = 0, False
-    if continuing:
-        step, states, saved_online, _ = restored
-        states = _put(states, per_seed)
-        if saved_online is not None:
-            online = _put(_grow_online(saved_online, max(config.online_steps, 1)), per_seed)
-        eval_pending = bool(saved_meta.get("eval_pending"))
-        wall = dict(saved_meta.get("wall_s", {}))
-        print(f"Resuming {run_dir} from step {step}.")
-    else:
-        started = time.time()
-        bc_actor = pretrain_bc(ctx)
-        wall = {"bc": time.time() - started}
-        states = _put(agent.init_seeds(ctx.seeds, spec.offline, ctx.nets, obs_dim, ctx.chunk_dim,
-                                       pretrained_actor=bc_actor), per_seed)
-    replay = chunks.ReplayData(offline=None, online=online)
+    seeds = [config.seed + i for i in range(config.num_seeds)]
+    ctx_like = Context(config, spec, agent.make_networks(spec.offline, spec.horizon * action_dim), window, seeds,
+                       None, obs_dim, action_dim, preempt=preempt)
+    groups = group_runs(config, todo, len(seeds), memory_estimate(ctx_like, spec.offline, len(seeds)))
+    if len(groups) > 1:
+        print(f"{len(todo)} runs of {len(seeds)} seeds in {len(groups)} programs of up to "
+              f"{max(len(g) for g in groups) * len(seeds)} learners (config.learners_per_program sets the size).")
+    for group in groups:
+        train_group(ctx_like, group, seeds, preempt)
+    return [run.run_dir for run in runs]
 
-    meta["system"] = system_info(config)
-    # An evaluation that a signal cut short is run again, so its rows (if any) are dropped too.
-    wandb = None if not config.wandb.project else dict(
-        project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
-        name=f"{spec.env_name}/{run_name(config, spec.method)}", config=json.loads(config.to_json()))
-    logger = RunLogger(run_dir, resume_step=step if continuing else -1,
-                       eval_resume_step=(step - eval_pending) if continuing else -1, wandb=wandb)
-    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.keep_checkpoints)
-    evals = Evaluations(ctx, logger)
-    meta["wall_s"] = wall  # the same dict: saved checkpoints carry the time spent so far
+
+def train_group(ctx_like: Context, group: List[Resumable], seeds: list, preempt: Preemption) -> None:
+    """Every stage of one program: its runs start from the same point (afresh, or the same saved step)."""
+    config, spec = ctx_like.config, ctx_like.spec
+    team = learners.Learners(tuple(r.run for r in group), tuple(seeds))
+    num = len(team)
+    per_seed, replicated = seed_shardings(num)
+    ctx = dataclasses.replace(ctx_like, seeds=team.learner_seeds, tasks=_put(jnp.asarray(team.tasks), per_seed),
+                              per_seed=per_seed, replicated=replicated, preempt=preempt)
+    if len(group) > 1:
+        print(f"Program of {team.describe()}: {', '.join(r.run.run_dir for r in group)}.")
+    obs_dim, action_dim = ctx.obs_dim, ctx.action_dim
+    restored = [r.restored for r in group]
+    continuing = restored[0] is not None
+    step = restored[0][0] if continuing else 0
+    saved_meta = restored[0][3] if continuing else {}
+    eval_pending = bool(saved_meta.get("eval_pending"))
+    system = system_info(config)
+    outputs, wall = [], dict(saved_meta.get("wall_s", {})) if continuing else {}
+    workers = max(1, _eval_workers() // len(group))
+    try:
+        for k, r in enumerate(group):
+            run = r.run
+            os.makedirs(run.run_dir, exist_ok=True)
+            _write_json(os.path.join(run.run_dir, "config.json"), json.loads(run.config.to_json()))
+            _write_json(os.path.join(run.run_dir, "task.json"), json.loads(json.dumps(dataclasses.asdict(run.spec))))
+            meta = {"env_name": run.spec.env_name, "method": run.spec.method, "obs_dim": obs_dim,
+                    "action_dim": action_dim, "config": json.loads(run.config.to_json()), "system": system,
+                    "wall_s": wall}  # the same dict: saved checkpoints carry the time spent so far
+            # An evaluation that a signal cut short is run again, so its rows (if any) are dropped too.
+            wandb = None if not config.wandb.project else dict(
+                project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
+                name=f"{run.spec.env_name}/{run_name(run.config, run.spec.method)}",
+                config=json.loads(run.config.to_json()))
+            logger = RunLogger(run.run_dir, resume_step=step if continuing else -1,
+                               eval_resume_step=(step - eval_pending) if continuing else -1, wandb=wandb)
+            output = Output(run.run_dir, run.spec.env_name, team.of_run(k), list(seeds), logger,
+                            Checkpointer(os.path.join(run.run_dir, "checkpoints"), keep=config.keep_checkpoints), meta)
+            outputs.append(output)
+            output.evals = Evaluations(ctx, run.spec.env_name, list(seeds), logger, workers)
+        online = _put(chunks.init_online(max(config.online_steps, 1), obs_dim, action_dim, num_seeds=num), per_seed)
+        if continuing:
+            stack = lambda *trees: jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trees)
+            states = _put(stack(*(r[1] for r in restored)), per_seed)
+            if restored[0][2] is not None:
+                online = _put(_grow_online(stack(*(r[2] for r in restored)), max(config.online_steps, 1)), per_seed)
+            print(f"Resuming {', '.join(o.run_dir for o in outputs)} from step {step}.")
+        else:
+            started = time.time()
+            bc_actor = pretrain_bc(bc_context(ctx, seeds))  # one per seed, shared by every run
+            wall["bc"] = time.time() - started
+            bc_actor = jax.tree_util.tree_map(lambda x: jnp.concatenate([x] * len(group)), bc_actor)
+            states = _put(agent.init_seeds(ctx.seeds, spec.offline, ctx.nets, obs_dim, ctx.chunk_dim,
+                                           pretrained_actor=bc_actor, hparams=team.hparams("offline")), per_seed)
+        _train_stages(ctx, team, outputs, states, online, step, saved_meta, eval_pending, wall)
+    finally:
+        for o in outputs:
+            o.evals.close()
+            o.logger.close()
+            o.checkpointer.close()
+    waited = sum(o.evals.waited_s for o in outputs)
+    wall["waiting_for_eval"] = wall.get("waiting_for_eval", 0.0) + waited
+    print(f"Training waited {waited:.1f} s for evaluation in all "
+          f"({'beside training' if config.eval_async else 'blocking'}).")
+    for o, r in zip(outputs, group):
+        write_summary(o.run_dir, r.run.spec, wall, system)
+
+
+def _eval_workers() -> int:
+    from experiments.evaluation import default_num_workers
+
+    return default_num_workers()
+
+
+def _train_stages(ctx: Context, team: learners.Learners, outputs, states, online, step: int, saved_meta: Dict,
+                  eval_pending: bool, wall: Dict) -> None:
+    config, spec = ctx.config, ctx.spec
 
     @contextlib.contextmanager
     def timed(phase):
@@ -620,38 +843,29 @@ def run_task(config, env_name: Optional[str] = None, resume: bool = False, preem
         finally:
             wall[phase] = wall.get(phase, 0.0) + time.time() - started
 
-    try:
-        with preempt.deferred():  # a signal during these saves takes effect after them
-            if spec.method == "bc":  # BC alone: evaluate the BC policy once, and save
-                Phase(ctx, "offline", checkpointer, logger, meta, config.bc_steps, config.bc_steps, evals).boundary(
-                    config.bc_steps, states, eval_due=True, save_due=True)
-                step = config.offline_steps + config.online_steps  # nothing left to train
-            elif eval_pending:  # an evaluation that a signal cut short: run it again from the saved state
-                phase = saved_meta["phase"]
-                # Mid-run, the next checkpoint records it; at the end, save again so the run reads as finished.
-                Phase(ctx, phase, checkpointer, logger, meta, step, step, evals).boundary(
-                    step, states, eval_due=True, save_due=step >= total_steps(config, spec.method),
-                    replay=online if phase == "online" else None)
-            elif step == 0:  # the BC policy, evaluated once at step 0 of fine-tuning
-                evals.submit(0, "offline", states.actor)
-        if step < config.offline_steps:
-            with timed("offline"):
-                states = scanned_phase(ctx, spec.offline, states, step, config.offline_steps, "offline",
-                                       checkpointer, logger, meta, evals)
-            step = config.offline_steps
-        if config.online_steps > 0 and step < config.offline_steps + config.online_steps:
-            with timed("online"):
-                states = online_phase(ctx, states, replay, step - config.offline_steps, checkpointer, logger, meta,
-                                      evals)
-    finally:
-        evals.close()
-        logger.close()
-        checkpointer.close()
-    wall["waiting_for_eval"] = wall.get("waiting_for_eval", 0.0) + evals.waited_s
-    print(f"Training waited {evals.waited_s:.1f} s for evaluation in all "
-          f"({'beside training' if config.eval_async else 'blocking'}).")
-    write_summary(run_dir, spec, wall, meta["system"])
-    return run_dir
+    with ctx.preempt.deferred():  # a signal during these saves takes effect after them
+        if spec.method == "bc":  # BC alone: evaluate the BC policy once, and save
+            Phase(ctx, "offline", outputs, config.bc_steps, config.bc_steps).boundary(
+                config.bc_steps, states, eval_due=True, save_due=True)
+            step = config.offline_steps + config.online_steps  # nothing left to train
+        elif eval_pending:  # an evaluation that a signal cut short: run it again from the saved state
+            phase = saved_meta["phase"]
+            # Mid-run, the next checkpoint records it; at the end, save again so the run reads as finished.
+            Phase(ctx, phase, outputs, step, step).boundary(
+                step, states, eval_due=True, save_due=step >= total_steps(config, spec.method),
+                replay=online if phase == "online" else None)
+        elif step == 0:  # the BC policy, evaluated once at step 0 of fine-tuning
+            for o in outputs:
+                o.evals.submit(0, "offline", take(states.actor, o.learners, len(team)))
+    if step < config.offline_steps:
+        states = states.replace(hparams=_put(team.hparams("offline"), ctx.per_seed))
+        with timed("offline"):
+            states = scanned_phase(ctx, spec.offline, states, step, config.offline_steps, "offline", outputs)
+        step = config.offline_steps
+    if config.online_steps > 0 and step < config.offline_steps + config.online_steps:
+        states = states.replace(hparams=_put(team.hparams("online"), ctx.per_seed))
+        with timed("online"):
+            online_phase(ctx, states, online, step - config.offline_steps, outputs)
 
 
 def system_info(config) -> Dict:

@@ -180,7 +180,8 @@ def _restore(run_dir, ckpt_dir, task_path, task, run_config, step, report) -> Po
 def make_chunk_policy(cfg, nets, horizon: int, action_dim: int):
     """act(seed-stacked actor params, observations (S, E, O), key) -> numpy chunks (S, E, H, A).
 
-    The key is split over the S seeds; each seed samples its E chunks with the ODE (conventions §2).
+    The key is split over the S seeds, or is already one key per seed (shape (S, 2)); each seed samples
+    its E chunks with the ODE (conventions §2).
     """
     import jax
     import jax.numpy as jnp
@@ -191,7 +192,8 @@ def make_chunk_policy(cfg, nets, horizon: int, action_dim: int):
 
     def act(params, observations, key):
         s, e = observations.shape[:2]
-        out = act_seeds(params, jnp.asarray(observations), jax.random.split(key, s))
+        keys = key if jnp.ndim(key) == 2 else jax.random.split(key, s)
+        out = act_seeds(params, jnp.asarray(observations), keys)
         return np.asarray(out).reshape(s, e, horizon, action_dim)
 
     return act

@@ -87,6 +87,7 @@ def resolve(config, env_name: Optional[str] = None) -> TaskSpec:
 # (field, test, what is allowed) for every value with a range; None (a domain default) is skipped.
 _RANGES = (
     ("num_seeds", lambda v: v >= 1, ">= 1"),
+    ("learners_per_program", lambda v: v >= 0, ">= 0 (0: as many as fit)"),
     ("agent.batch_size", lambda v: v >= 1, ">= 1"),
     ("agent.horizon", lambda v: v >= 1, ">= 1"),
     ("agent.flow_steps", lambda v: v >= 1, ">= 1"),

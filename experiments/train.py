@@ -3,6 +3,8 @@
   python -m experiments.train                    # the CPU quickstart (configs/quickstart.py)
   python -m experiments.train --config=experiments/configs/ogbench.py \
       --env_name=cube-double-play-singletask-task2-v0 --method=trqam --num_seeds=8
+  python -m experiments.train --config=experiments/configs/ogbench.py --env_name=cube-double-play --tasks=1,3 \
+      --config.sweep.kl_budget=0.25,0.5,1.0    # a domain program: 2 tasks x 3 budgets x 4 seeds, one jit
   python -m experiments.train --config=experiments/configs/ogbench.py --suite=ogbench50 --shard=0/10
 
 SIGTERM or SIGINT stops at the next safe point with a checkpoint there, prints one line and exits
@@ -17,7 +19,7 @@ import warnings
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import checkpointing, data, pipeline, reference_checkpoint, spec
+from experiments import checkpointing, data, learners, pipeline, reference_checkpoint, spec
 from experiments.preemption import Interrupted, Preemption
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.py")
@@ -41,7 +43,9 @@ try:  # config_flags reads the --config.* overrides from sys.argv here, at defin
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Run config file.", lock_config=True)
 except Exception as e:  # a typo in a field, a bad value or a missing file: the user's input
     raise SystemExit(f"Error in the command line: {_one_line(e)}") from None
-flags.DEFINE_string("env_name", None, "OGBench single-task env id (overrides config.env_name).")
+flags.DEFINE_string("env_name", None, "OGBench single-task env id, or a domain such as cube-double-play to train "
+                    "its tasks in one program (overrides config.env_name).")
+flags.DEFINE_string("tasks", None, "With a domain as --env_name: the tasks to train, e.g. 1,3 (overrides config.tasks).")
 flags.DEFINE_enum("method", None, ["trqam", "qam", "bc"], "Method (overrides config.method).")
 flags.DEFINE_integer("seed", None, "Base seed; seed i of the run is seed + i (overrides config.seed).")
 flags.DEFINE_integer("num_seeds", None, "Seeds trained in parallel (overrides config.num_seeds).")
@@ -57,7 +61,7 @@ flags.DEFINE_bool("resume", False, "Continue the runs in an existing output dire
 flags.DEFINE_bool("report", True, "Write the results table and curves under <output_dir>/report at the end.")
 FLAGS = flags.FLAGS
 
-OVERRIDES = ("env_name", "method", "seed", "num_seeds", "bc_steps", "offline_steps", "online_steps", "output_dir",
+OVERRIDES = ("env_name", "tasks", "method", "seed", "num_seeds", "bc_steps", "offline_steps", "online_steps", "output_dir",
              "dataset_dir", "suite")
 # Errors that are the user's to fix: print the message alone, no traceback.
 USER_ERRORS = (data.DataError, spec.ConfigError, pipeline.RunDirExistsError, pipeline.ConfigMismatchError,
@@ -84,12 +88,15 @@ def main(argv):
         jax.config.update("jax_default_matmul_precision",
                           None if config.matmul_precision == "default" else config.matmul_precision)
         tasks = spec.task_list(config, FLAGS.shard)
-        for env_name in tasks:  # every task's config is checked before the first one starts
-            spec.resolve(config, env_name)
-        for env_name in tasks:
-            print(f"Running {env_name} ({config.method}, {config.num_seeds} seeds) ...")
-            run_dir = pipeline.run_task(config, env_name, resume=FLAGS.resume, preempt=preempt)
-            print(f"Finished {run_dir}")
+        if config.suite and config.tasks:
+            raise spec.ConfigError(f"--tasks={config.tasks} picks tasks of a domain; with --suite use --shard.")
+        programs = learners.programs(tasks if config.suite else learners.task_names(config))
+        for names in programs:  # every run's config is checked before the first one starts
+            learners.plan(config, names, pipeline.run_dir_of)
+        for names in programs:
+            print(f"Running {', '.join(names)} ({config.method}, {config.num_seeds} seeds) ...")
+            for run_dir in pipeline.run_program(config, names, resume=FLAGS.resume, preempt=preempt):
+                print(f"Finished {run_dir}")
         if FLAGS.report:
             from experiments import report
 

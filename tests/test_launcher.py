@@ -99,8 +99,8 @@ def test_bad_inputs_give_clear_errors(dataset_dir, tmp_path, monkeypatch):
     real = pipeline.Context.offline_data
 
     def poisoned(self, step):
-        batch = real(self, step)
-        return batch._replace(rewards=batch.rewards * np.nan) if step >= 100 else batch
+        shared = real(self, step)
+        return shared._replace(data=shared.data._replace(rewards=shared.data.rewards * np.nan)) if step >= 100 else shared
 
     monkeypatch.setattr(pipeline.Context, "offline_data", poisoned)
     with pytest.raises(pipeline.TrainingDivergedError, match=r"non-finite \w+_loss .* step 150.*checkpoint \(step 100\)"):

@@ -215,7 +215,8 @@ def test_failed_first_attempt_never_blocks_its_rerun(dataset_dir, tmp_path, monk
     real = pipeline.Context.offline_data
     with monkeypatch.context() as m:
         m.setattr(pipeline.Context, "offline_data",
-                  lambda self, step: real(self, step)._replace(rewards=real(self, step).rewards * np.nan))
+                  lambda self, step: real(self, step)._replace(
+                      data=real(self, step).data._replace(rewards=real(self, step).data.rewards * np.nan)))
         with pytest.raises(pipeline.TrainingDivergedError, match="no checkpoint had been saved yet") as err:
             pipeline.run_task(tiny_config(dataset_dir, tmp_path, **LIFE))
     assert "None" not in str(err.value)

@@ -170,6 +170,12 @@ def init_seeds(seeds, config: AgentConfig, networks: Networks, obs_dim: int, chu
     return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), states)
 
 
+def static_config(config: AgentConfig) -> AgentConfig:
+    """The config with the Hyperparams fields at their defaults: the update reads those from the state, so
+    programs whose learners differ only in them are one program (one compile)."""
+    return dataclasses.replace(config, **{name: getattr(AgentConfig, name) for name in Hyperparams._fields})
+
+
 def with_learner_axis(hparams: Hyperparams, num_learners: int) -> Hyperparams:
     """(L,) float32 arrays: scalars are broadcast to every learner."""
     return Hyperparams(*(jnp.broadcast_to(jnp.asarray(v, jnp.float32), (num_learners,)) for v in hparams))

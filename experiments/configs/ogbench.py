@@ -13,12 +13,14 @@ placeholder = config_dict.placeholder
 
 def get_config():
     config = config_dict.ConfigDict()
-    config.env_name = "cube-double-play-singletask-task2-v0"  # OGBench single-task env id.
+    config.env_name = "cube-double-play-singletask-task2-v0"  # OGBench single-task env id, or a domain (its tasks).
     config.suite = ""  # "ogbench50" runs all 50 tasks (then env_name is ignored); "" runs env_name.
+    config.tasks = ""  # with a domain as env_name: the tasks to train, e.g. "1,3"; "": all five.
     config.method = "trqam"  # "trqam", "qam" or "bc" (BC only: pretraining, then evaluation).
     config.seed = 0  # base seed; seed i of the run is seed + i.
     config.matmul_precision = "default"  # jax_default_matmul_precision; "default" as the reference runs.
     config.num_seeds = 4  # seeds trained in parallel, vmapped inside one program.
+    config.learners_per_program = 0  # learners (task, seed, budget) per jitted program; 0: as many as fit.
     config.output_dir = "runs"  # root of the run directories: <output_dir>/<env_name>/<method>.
     config.dataset_dir = "~/.ogbench/data"  # where ogbench's <dataset>.npz files live.
     config.generate_missing_data = False  # generate a missing manipulation dataset (size below).
@@ -49,6 +51,10 @@ def get_config():
     config.wandb.project = ""  # wandb project; "" turns wandb off. WANDB_MODE=offline needs no network.
     config.wandb.entity = ""  # wandb entity (team or user); "": your default.
     config.wandb.group = ""  # wandb group, e.g. a sweep's name; "": none.
+
+    config.sweep = config_dict.ConfigDict()  # a budget axis: one run dir per value, all in one program.
+    config.sweep.kl_budget = ""  # TRQAM eps values, e.g. "0.25,0.5,1.0"; "": agent.kl_budget alone.
+    config.sweep.inv_temp = ""  # QAM inverse temperatures, e.g. "1,3,10"; "": agent.inv_temp alone.
 
     config.agent = config_dict.ConfigDict()  # the update's hyperparameters (trqam_jax.agent.AgentConfig).
     config.agent.width = placeholder(int)  # hidden width (4 layers); None: domain table.

@@ -1,0 +1,163 @@
+"""The learners of a program: which runs it trains, with which tasks, seeds and hyperparameters.
+
+A learner is one (task, seed, budget). A program trains the learners of one domain, one method and one
+network shape in one jitted function (`trqam_jax.agent.make_train_fn` vmaps them). Its runs are the
+(task, budget) pairs; each run has `num_seeds` learners and its own run directory, exactly the one a
+single-task command would write, so the report and `experiments.policy` read it unchanged.
+
+  --env_name=cube-double-play                  the five tasks of the domain
+  --env_name=cube-double-play --tasks=1,3      two of them
+  --config.sweep.kl_budget=0.25,0.5,1.0        a budget axis (TRQAM's eps); sweep.inv_temp for QAM
+
+Learners are ordered run by run (task-major, then budget), and seed by seed inside a run, so run k owns
+the learner slice [k * S, (k + 1) * S).
+"""
+
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from ml_collections import config_dict
+
+from experiments import data
+from experiments.spec import ConfigError, TaskSpec, resolve
+from trqam_jax import agent
+
+# sweep.<field> -> the agent field it sets, and the method it belongs to.
+SWEEPS = {"kl_budget": "trqam", "inv_temp": "qam"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One (task, budget) of a program: num_seeds learners and one run directory."""
+
+    config: config_dict.ConfigDict  # the run's own config: its task in env_name, a swept budget in agent.*
+    spec: TaskSpec  # the run's resolved settings
+    run_dir: str
+    task: int = 0  # row of the run's task in the program's (T, N) rewards and masks
+
+
+def _parse_values(text: str, field: str) -> Tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"config.sweep.{field}={text!r} must be comma-separated numbers, e.g. 0.25,0.5,1.0.") \
+            from None
+    if any(not v > 0 for v in values):
+        raise ConfigError(f"config.sweep.{field}={text!r}: every value must be > 0.")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"config.sweep.{field}={text!r} repeats a value: list each once.")
+    return values
+
+
+def sweep_axis(config) -> Tuple[Optional[str], Tuple[float, ...]]:
+    """(agent field, values) of the budget axis, or (None, ()) without one."""
+    given = [(f, config.sweep[f]) for f in SWEEPS if config.sweep[f]]
+    if not given:
+        return None, ()
+    if len(given) > 1:
+        raise ConfigError("Set one of config.sweep.kl_budget (TRQAM) and config.sweep.inv_temp (QAM), not both.")
+    field, text = given[0]
+    if config.method != SWEEPS[field]:
+        other = [f for f, m in SWEEPS.items() if m == config.method]
+        fix = f"use config.sweep.{other[0]}" if other else "BC has no budget to sweep; drop it"
+        raise ConfigError(f"config.sweep.{field} is a {SWEEPS[field].upper()} budget but config.method="
+                          f"{config.method!r}: {fix}.")
+    if config.agent[field] is not None:
+        raise ConfigError(f"config.agent.{field}={config.agent[field]} and config.sweep.{field}={text!r} are both set: "
+                          f"keep one (a single value is a sweep of one).")
+    return field, _parse_values(text, field)
+
+
+def task_names(config, env_name: Optional[str] = None) -> Tuple[str, ...]:
+    """The env ids named by env_name (a single-task id, or a domain) and config.tasks."""
+    env_name = env_name or config.env_name
+    if data.is_domain_name(env_name):
+        tasks = None
+        if config.tasks:
+            try:
+                tasks = [int(t) for t in str(config.tasks).split(",") if t.strip()]
+            except ValueError:
+                raise ConfigError(f"--tasks={config.tasks!r} must be task numbers, e.g. 1,3.") from None
+        return data.domain_env_names(env_name, tasks)
+    if config.tasks:
+        raise ConfigError(f"--tasks={config.tasks} picks tasks of a domain, but {env_name!r} is one task: pass "
+                          f"the domain instead, e.g. --env_name={data.parse_env_name(env_name).domain}.")
+    return (env_name,)
+
+
+def run_config(config, env_name: str, field: Optional[str] = None, value: Optional[float] = None):
+    """The config a single-task command for this run would have: a copy, with the task, and the budget
+    set in agent.<field>; the program's own settings (tasks, sweep) cleared."""
+    run = config_dict.ConfigDict(config.to_dict())
+    run.env_name, run.tasks, run.suite = env_name, "", ""
+    for name in SWEEPS:
+        run.sweep[name] = ""
+    if field is not None:
+        run.agent[field] = float(value)
+    run.lock()
+    return run
+
+
+def plan(config, env_names: Sequence[str], run_dir_of) -> List[Run]:
+    """The runs of a program, every config checked before anything is written."""
+    field, values = sweep_axis(config)
+    runs = []
+    for env_name in env_names:
+        for value in (values or (None,)):
+            cfg = run_config(config, env_name, field, value)
+            spec = resolve(cfg, env_name)
+            runs.append(Run(cfg, spec, run_dir_of(cfg, env_name, spec.method)))
+    domains = {run.spec.domain for run in runs}
+    if len(domains) > 1:
+        raise ConfigError(f"A program trains one domain; got {', '.join(sorted(domains))}.")
+    return runs
+
+
+def programs(env_names: Sequence[str]) -> List[Tuple[str, ...]]:
+    """The env ids grouped by domain, in order: one program each (a suite slice may span two domains)."""
+    groups: Dict[str, List[str]] = {}
+    for name in env_names:
+        groups.setdefault(data.parse_env_name(name).domain, []).append(name)
+    return [tuple(names) for names in groups.values()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Learners:
+    """The learners of one jitted program: its runs, each with the same num_seeds seeds."""
+
+    runs: Tuple[Run, ...]
+    seeds: Tuple[int, ...]  # the seeds of every run: config.seed + i
+
+    @property
+    def num_seeds(self) -> int:
+        return len(self.seeds)
+
+    def __len__(self) -> int:
+        return len(self.runs) * self.num_seeds
+
+    def of_run(self, k: int) -> slice:
+        """The learner slice of run k."""
+        return slice(k * self.num_seeds, (k + 1) * self.num_seeds)
+
+    @property
+    def learner_seeds(self) -> List[int]:
+        return [seed for _ in self.runs for seed in self.seeds]
+
+    @property
+    def tasks(self) -> np.ndarray:
+        """(L,) int32: each learner's row in the program's per-task rewards and masks."""
+        return np.repeat(np.array([run.task for run in self.runs], np.int32), self.num_seeds)
+
+    def hparams(self, phase: str) -> agent.Hyperparams:
+        """(L,) per-learner hyperparameters of a phase ("offline" or "online"), from each run's spec."""
+        configs = [getattr(run.spec, phase) for run in self.runs]
+        values = {name: np.repeat(np.array([getattr(c, name) for c in configs], np.float32), self.num_seeds)
+                  for name in agent.Hyperparams._fields}
+        return agent.Hyperparams(**values)
+
+    def describe(self) -> str:
+        tasks = len({run.spec.env_name for run in self.runs})
+        budgets = len(self.runs) // max(tasks, 1)
+        return (f"{len(self)} learners ({tasks} task{'s' * (tasks > 1)} x {budgets} budget{'s' * (budgets > 1)} x "
+                f"{self.num_seeds} seed{'s' * (self.num_seeds > 1)})")

@@ -1,0 +1,136 @@
+"""Domain programs through the pipeline, each checked against separate runs: 2 tasks x 2 budgets x 2
+seeds in one jitted program equal four single-task runs; split into programs of one run each (the
+memory groups) they are the same again; a SIGTERM mid-program resumes exactly; bad sweeps and task
+lists are one line. (The real entry point's smoke run of a domain program: tests/test_launcher.py.
+The update itself against separate runs: tests/test_learners.py.)"""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import checkpointing, learners, pipeline, spec
+from experiments.preemption import Interrupted, Preemption
+from tests.test_launcher import ENV, read_csv, tiny_config
+from tests.test_lifecycle import SignalAt
+
+TASK2 = ENV.replace("task1", "task2")
+# Offline only (exact resume); a budget axis of two eps values.
+PROGRAM = {"offline_steps": 150, "save_every": 50, "eval_every": 50, "env_name": "cube-single-play", "tasks": "1,2", "eval_async": False,
+           "sweep.kl_budget": "0.5,2", "agent.lam_init": 0.3, "agent.dual_lr": 0.5}
+RUNS = [(ENV, 0.5), (ENV, 2.0), (TASK2, 0.5), (TASK2, 2.0)]
+
+
+def run_path(out, env_name, eps):
+    return os.path.join(str(out), env_name, f"trqam_eps{eps:g}")
+
+
+def program(dataset_dir, out, **overrides):
+    config = tiny_config(dataset_dir, out, **{**PROGRAM, **overrides})
+    return pipeline.run_program(config, learners.task_names(config))
+
+
+def restore(run_dir):
+    with checkpointing.Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True) as c:
+        step = c.steps()[-1]
+        meta = c.read_meta(step)
+        return step, c.restore(pipeline._state_target(*_config_and_spec(meta))[0], step=step)[1]
+
+
+def _config_and_spec(meta):
+    config = tiny_config("unused", "unused", **{k: v for k, v in PROGRAM.items() if k not in ("tasks", "sweep.kl_budget",
+                                                                                              "env_name")})
+    return config, spec.resolve(config, meta["env_name"])
+
+
+def metrics(run_dir):
+    rows = read_csv(os.path.join(run_dir, "train.csv"))
+    return np.array([[float(r[k]) for k in ("critic_loss", "actor_loss", "kl_hat", "lambda_eff")] for r in rows])
+
+
+@pytest.fixture(scope="module")
+def whole(dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("program")
+    run_dirs = program(dataset_dir, out)
+    assert sorted(run_dirs) == sorted(run_path(out, *r) for r in RUNS)
+    return out
+
+
+def test_program_of_tasks_and_budgets_equals_separate_runs(dataset_dir, whole, tmp_path):
+    # Two of the four runs as separate single-task commands (their own BC cache: the same BC).
+    for env_name, eps in (RUNS[1], RUNS[2]):
+        pipeline.run_task(tiny_config(dataset_dir, tmp_path, **{**PROGRAM, "tasks": "", "sweep.kl_budget": "",
+                                                                 "agent.kl_budget": eps}), env_name)
+    # All four as programs of one run each: the memory groups (config.learners_per_program).
+    grouped = tmp_path / "grouped"
+    program(dataset_dir, grouped, learners_per_program=2)
+    for env_name, eps in RUNS:
+        reference = metrics(run_path(whole, env_name, eps))
+        np.testing.assert_allclose(metrics(run_path(grouped, env_name, eps)), reference, rtol=2e-4, atol=1e-5)
+        if (env_name, eps) in (RUNS[1], RUNS[2]):
+            np.testing.assert_allclose(metrics(run_path(tmp_path, env_name, eps)), reference, rtol=2e-4, atol=1e-5)
+            step, separate = restore(run_path(tmp_path, env_name, eps))
+            step_p, inside = restore(run_path(whole, env_name, eps))
+            assert step == step_p == 150
+            for a, b in zip(_leaves(separate), _leaves(inside)):
+                np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+    # The runs differ (by task and by budget), so the comparisons above can fail.
+    final = {r: metrics(run_path(whole, *r))[-1] for r in RUNS}
+    assert not np.allclose(final[RUNS[0]], final[RUNS[1]])  # budget
+    assert not np.allclose(final[RUNS[0]], final[RUNS[2]])  # task
+    lam = {r: restore(run_path(whole, *r))[1].dual.lam for r in RUNS}
+    assert not np.allclose(lam[RUNS[0]], lam[RUNS[1]])
+    # Each run dir reads as a single-task run: its config names its task and budget, its evals its seeds.
+    for env_name, eps in RUNS:
+        config = pipeline._read_json(os.path.join(run_path(whole, env_name, eps), "config.json"))
+        assert (config["env_name"], config["agent"]["kl_budget"], config["tasks"]) == (env_name, eps, "")
+        evals = read_csv(os.path.join(run_path(whole, env_name, eps), "eval.csv"))
+        assert [(r["step"], r["seed"]) for r in evals[:2]] == [("0", "0"), ("0", "1")]
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_program_resumes_exactly_after_sigterm(dataset_dir, whole, tmp_path, monkeypatch):
+    config = tiny_config(dataset_dir, tmp_path, **PROGRAM)
+    names = learners.task_names(config)
+    with monkeypatch.context() as m:
+        SignalAt(m, pipeline.Context, "offline_data", signal.SIGTERM,
+                 lambda self, step: step == 50 and len(self.seeds) == 8)
+        with pytest.raises(Interrupted):
+            preempt = Preemption().install()
+            try:
+                pipeline.run_program(config, names, preempt=preempt)
+            finally:
+                preempt.uninstall()
+    for r in RUNS:
+        assert checkpointing.Checkpointer(os.path.join(run_path(tmp_path, *r), "checkpoints")).steps()[-1] == 100
+    pipeline.run_program(config, names, resume=True)
+    for r in RUNS:
+        for name in ("train.csv", "eval.csv"):
+            with open(os.path.join(run_path(tmp_path, *r), name)) as f, \
+                    open(os.path.join(run_path(whole, *r), name)) as g:
+                assert f.read() == g.read(), (r, name)
+    # Resumed again: every run is finished, nothing runs.
+    assert sorted(pipeline.run_program(config, names, resume=True)) == sorted(run_path(tmp_path, *r) for r in RUNS)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"tasks": "1,7"}, "task"),
+    ({"tasks": "1,1"}, "given twice"),
+    ({"sweep.kl_budget": "0.5,x"}, "comma-separated numbers"),
+    ({"sweep.kl_budget": "0.5,0.5"}, "repeats a value"),
+    ({"sweep.kl_budget": "0.5", "agent.kl_budget": 1.0}, "keep one"),
+    ({"sweep.inv_temp": "1,3"}, "use config.sweep.kl_budget"),
+    ({"env_name": ENV}, "pass the domain instead"),
+])
+def test_bad_programs_are_one_line(dataset_dir, tmp_path, overrides, message):
+    from experiments import data
+
+    config = tiny_config(dataset_dir, tmp_path, **{**PROGRAM, **overrides})
+    with pytest.raises((spec.ConfigError, data.DataError), match=message):
+        learners.plan(config, learners.task_names(config), pipeline.run_dir_of)
+    assert not os.listdir(tmp_path)
