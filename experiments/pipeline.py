@@ -297,29 +297,33 @@ class Phase:
         for o in self.outputs:
             o.logger.log_train(step, self.name, o.seeds, {k: v[o.learners] for k, v in host.items()})
 
-    def save(self, step: int, states, replay=None) -> None:
-        """A checkpoint at `step` in every run dir. An evaluation of this step still in flight is recorded,
-        so a resume runs it again from the saved state (`boundary` has waited for the earlier ones)."""
+    def save(self, step: int, states, replay=None, unsubmitted=()) -> None:
+        """A checkpoint at `step` in every run dir. An evaluation of this step still in flight, or due but not
+        started (`unsubmitted`: a signal came first), is recorded, so a resume runs it again from the saved
+        state (`boundary` has waited for the earlier ones)."""
         for o in self.outputs:
             pending = o.evals.pending() if o.evals is not None else []
             o.checkpointer.save(step, take(states, o.learners, self.total),
-                                {**o.meta, "phase": self.name, "step": step, "eval_pending": step in pending},
+                                {**o.meta, "phase": self.name, "step": step,
+                                 "eval_pending": step in pending or o in unsubmitted},
                                 replay=None if replay is None else take(replay, o.learners, self.total))
         self.last_good = step
 
-    def stop(self, signum: int, step: int, states, replay=None):
+    def stop(self, signum: int, step: int, states, replay=None, unsubmitted=()):
         """On a signal: save here unless an evaluation of an earlier step is still running (its actor is
         gone); the resume then starts from the last checkpoint, and repeats that work exactly."""
         if self.last_good != step and not any(s < step for s in self._pending()):
-            self.save(step, states, replay)
+            self.save(step, states, replay, unsubmitted)
         raise Interrupted(signum, self.last_good, self.name)
 
     def boundary(self, step: int, states, eval_due: bool, save_due: bool, replay=None) -> None:
+        evaluated = [o for o in self.outputs if o.evals is not None]
+        unsubmitted = list(evaluated) if eval_due else []  # a blocking evaluation may be cut short by a signal
         try:
-            evaluated = [o for o in self.outputs if o.evals is not None]
             for o in evaluated:
                 if eval_due:
                     o.evals.submit(step, self.name, take(states.actor, o.learners, self.total))
+                    unsubmitted.remove(o)
             for o in evaluated:
                 # A phase's last evaluation is awaited before its last checkpoint.
                 last = step >= self.end_step
@@ -331,7 +335,7 @@ class Phase:
                 self.save(step, states, replay)
             self.ctx.preempt.check(step, self.name)
         except Interrupted as e:
-            self.stop(e.signum, step, states, replay)
+            self.stop(e.signum, step, states, replay, unsubmitted)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -42,26 +42,33 @@ def run_dir(output_dir, method="trqam"):
     return os.path.join(str(output_dir), ENV, method)
 
 
-def test_smoke_real_entry_point_offline_then_online(dataset_dir, tmp_path):
+def test_smoke_real_entry_point_domain_program_offline_then_online(dataset_dir, tmp_path):
+    """The README's domain program: two tasks x two seeds in one jitted program, offline then online."""
     flags = [f"--config.{k}={v}" for k, v in {**TINY, "online_steps": 50}.items()]
     cmd = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/quickstart.py", *flags,
-           f"--config.dataset_dir={dataset_dir}", f"--output_dir={tmp_path}"]
+           f"--config.dataset_dir={dataset_dir}", f"--output_dir={tmp_path}", "--env_name=cube-single-play",
+           "--tasks=1,2"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    evals = read_csv(os.path.join(run_dir(tmp_path), "eval.csv"))
-    assert [(r["step"], r["phase"]) for r in evals[::2]] == [("0", "offline"), ("100", "offline"), ("200", "offline"),
-                                                             ("250", "online")]
-    train = read_csv(os.path.join(run_dir(tmp_path), "train.csv"))
-    assert {r["phase"] for r in train} == {"offline", "online"}
-    assert all(np.isfinite(float(r["kl_hat"])) for r in train)
-    assert checkpointing.Checkpointer(os.path.join(run_dir(tmp_path), "checkpoints")).steps() == [100, 200, 250]
+    assert "4 learners" in out.stdout and "dataset" in out.stdout
+    task2 = ENV.replace("task1", "task2")
+    for env_name in (ENV, task2):
+        run = os.path.join(str(tmp_path), env_name, "trqam")
+        evals = read_csv(os.path.join(run, "eval.csv"))
+        assert [(r["step"], r["phase"]) for r in evals[::2]] == [("0", "offline"), ("100", "offline"),
+                                                                 ("200", "offline"), ("250", "online")]
+        train = read_csv(os.path.join(run, "train.csv"))
+        assert {r["phase"] for r in train} == {"offline", "online"}
+        assert all(np.isfinite(float(r["kl_hat"])) for r in train)
+        assert checkpointing.Checkpointer(os.path.join(run, "checkpoints")).steps() == [100, 200, 250]
+        assert os.path.isdir(os.path.join(run, "tensorboard"))
     assert os.path.isdir(os.path.join(str(tmp_path), "_pretrained_bc", "cube-single-play"))
-    assert os.path.isdir(os.path.join(run_dir(tmp_path), "tensorboard"))
     with open(os.path.join(str(tmp_path), "report", "results.md")) as f:
-        assert "cube-single-play" in f.read()
+        table = f.read()
+    assert "cube-single-play" in table and "task1" in table and "task2" in table
     assert os.path.getsize(os.path.join(str(tmp_path), "report", "curves", f"{ENV}__trqam.png")) > 1000
-    # The policy alone restores from the newest checkpoint and acts.
-    policy = load_policy(run_dir(tmp_path))
+    # The policy alone restores a run of the program from its newest checkpoint and acts.
+    policy = load_policy(run_dir(tmp_path).replace(ENV, task2))
     chunk = policy.act(policy.params, np.zeros((2, 3, 28), np.float32), jax.random.PRNGKey(0))
     assert policy.step == 250 and chunk.shape == (2, 3, 5, 5) and np.all(np.abs(chunk) <= 1)
 

@@ -124,7 +124,8 @@ def test_program_resumes_exactly_after_sigterm(dataset_dir, whole, tmp_path, mon
     ({"sweep.kl_budget": "0.5,x"}, "comma-separated numbers"),
     ({"sweep.kl_budget": "0.5,0.5"}, "repeats a value"),
     ({"sweep.kl_budget": "0.5", "agent.kl_budget": 1.0}, "keep one"),
-    ({"sweep.inv_temp": "1,3"}, "use config.sweep.kl_budget"),
+    ({"sweep.inv_temp": "1,3", "sweep.kl_budget": ""}, "use config.sweep.kl_budget"),
+    ({"sweep.inv_temp": "1,3"}, "not both"),
     ({"env_name": ENV}, "pass the domain instead"),
 ])
 def test_bad_programs_are_one_line(dataset_dir, tmp_path, overrides, message):
