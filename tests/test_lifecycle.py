@@ -249,8 +249,10 @@ def test_sigterm_to_the_real_entry_point_prints_one_line_and_resume_is_exact(dat
     train_csv = os.path.join(run_path(tmp_path), "train.csv")
     proc = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not (os.path.exists(train_csv) and len(read_csv(train_csv)) >= 2):
+    while time.time() < deadline and proc.poll() is None and not (os.path.exists(train_csv) and
+                                                                  len(read_csv(train_csv)) >= 2):
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]  # it died before training
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
