@@ -119,7 +119,7 @@ def seed_shardings(num_seeds: int):
     if len(devices) < 2:
         return None, None
     if num_seeds % len(devices):
-        print(f"num_seeds={num_seeds} does not divide over {len(devices)} devices: running on one device.")
+        print(f"{num_seeds} learners do not divide over {len(devices)} devices: running them on one device.")
         return None, None
     mesh = Mesh(np.array(devices), ("seed",))
     return NamedSharding(mesh, PartitionSpec("seed")), NamedSharding(mesh, PartitionSpec())

@@ -73,17 +73,21 @@ def test_smoke_real_entry_point_domain_program_offline_then_online(dataset_dir, 
     assert policy.step == 250 and chunk.shape == (2, 3, 5, 5) and np.all(np.abs(chunk) <= 1)
 
 
-def test_two_device_sharded_run_equals_single_device(dataset_dir, tmp_path):
-    flags = [f"--config.{k}={v}" for k, v in {**TINY, "offline_steps": 100, "bc_steps": 50}.items()]
+def test_two_device_sharded_program_equals_single_device(dataset_dir, tmp_path):
+    """A program of two tasks x one seed: its two learners (different tasks) sharded over two devices."""
+    overrides = {**TINY, "offline_steps": 100, "bc_steps": 50, "num_seeds": 1, "eval_async": False}
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
     outputs = {}
     for devices in (1, 2):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
         out_dir = tmp_path / f"devices{devices}"
         cmd = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/quickstart.py", *flags,
-               f"--config.dataset_dir={dataset_dir}", f"--output_dir={out_dir}", "--noreport"]
+               f"--config.dataset_dir={dataset_dir}", f"--output_dir={out_dir}", "--noreport",
+               "--env_name=cube-single-play", "--tasks=1,2"]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
-        outputs[devices] = read_csv(os.path.join(run_dir(out_dir), "train.csv"))
+        outputs[devices] = [row for task in (ENV, ENV.replace("task1", "task2"))
+                            for row in read_csv(os.path.join(str(out_dir), task, "trqam", "train.csv"))]
     assert len(outputs[1]) == len(outputs[2]) > 0
     for a, b in zip(outputs[1], outputs[2]):
         for key in ("critic_loss", "actor_loss", "kl_hat", "lambda_eff", "bc_loss"):

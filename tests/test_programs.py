@@ -59,8 +59,8 @@ def whole(dataset_dir, tmp_path_factory):
 
 
 def test_program_of_tasks_and_budgets_equals_separate_runs(dataset_dir, whole, tmp_path):
-    # Two of the four runs as separate single-task commands (their own BC cache: the same BC).
-    for env_name, eps in (RUNS[1], RUNS[2]):
+    # One of the four runs (the other task, the other budget) as a separate single-task command.
+    for env_name, eps in (RUNS[3],):
         pipeline.run_task(tiny_config(dataset_dir, tmp_path, **{**PROGRAM, "tasks": "", "sweep.kl_budget": "",
                                                                  "agent.kl_budget": eps}), env_name)
     # All four as programs of one run each: the memory groups (config.learners_per_program).
@@ -69,7 +69,7 @@ def test_program_of_tasks_and_budgets_equals_separate_runs(dataset_dir, whole, t
     for env_name, eps in RUNS:
         reference = metrics(run_path(whole, env_name, eps))
         np.testing.assert_allclose(metrics(run_path(grouped, env_name, eps)), reference, rtol=2e-4, atol=1e-5)
-        if (env_name, eps) in (RUNS[1], RUNS[2]):
+        if (env_name, eps) == RUNS[3]:
             np.testing.assert_allclose(metrics(run_path(tmp_path, env_name, eps)), reference, rtol=2e-4, atol=1e-5)
             step, separate = restore(run_path(tmp_path, env_name, eps))
             step_p, inside = restore(run_path(whole, env_name, eps))
@@ -135,3 +135,23 @@ def test_bad_programs_are_one_line(dataset_dir, tmp_path, overrides, message):
     with pytest.raises((spec.ConfigError, data.DataError), match=message):
         learners.plan(config, learners.task_names(config), pipeline.run_dir_of)
     assert not os.listdir(tmp_path)
+
+
+def test_runs_are_grouped_by_starting_point_and_by_what_fits(monkeypatch, capsys):
+    """group_runs against a hand count: an estimate of 100 bytes per run and 250 bytes free fit 2 runs
+    (4 -> 2 halvings until 0.9 * 250 holds them); a set size is rounded down to whole runs."""
+    from experiments import data
+
+    fresh = [pipeline.Resumable(run=f"run{i}") for i in range(4)]
+    resumed = pipeline.Resumable(run="late", restored=(100, None, None, {"phase": "offline"}))
+    config = tiny_config("unused", "unused")
+    monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: 250)
+    groups = pipeline.group_runs(config, fresh + [resumed], 2, estimate=lambda runs: 100 * runs)
+    assert [[r.run for r in g] for g in groups] == [["run0", "run1"], ["run2", "run3"], ["late"]]
+    monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: None)  # CPU: everything in one
+    groups = pipeline.group_runs(config, fresh, 2, estimate=lambda runs: 10**12)
+    assert [len(g) for g in groups] == [4]
+    config = tiny_config("unused", "unused", learners_per_program=5)  # 2 whole runs of 2 seeds
+    groups = pipeline.group_runs(config, fresh, 2)
+    assert [len(g) for g in groups] == [2, 2]
+    assert "not a multiple" in capsys.readouterr().out
