@@ -371,10 +371,12 @@ def compile_train(train, states, data_example, label: str):
     analysis = compiled.memory_analysis()
     temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
     mib = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MiB"
-    offline = data_example.data.offline if isinstance(data_example.data, chunks.ReplayData) else data_example.data
+    online = isinstance(data_example.data, chunks.ReplayData)
+    offline = data_example.data.offline if online else data_example.data
+    replay = f", online replay {mib(chunks.tree_nbytes(data_example.data.online))}" if online else ""
     print(f"{label}: {len(np.asarray(data_example.task))} learners compiled in {time.time() - started:.1f} s; memory: "
-          f"state {mib(chunks.tree_nbytes(states))}, XLA temp {mib(temp)}, dataset {mib(chunks.tree_nbytes(offline))} "
-          f"(held once).")
+          f"state {mib(chunks.tree_nbytes(states))}, XLA temp {mib(temp)}{replay}, dataset "
+          f"{mib(chunks.tree_nbytes(offline))} (held once).")
     return compiled
 
 
@@ -702,11 +704,26 @@ def group_runs(config, todo: List[Resumable], learners_of_run: int, estimate=Non
                 print(f"config.learners_per_program={config.learners_per_program} is not a multiple of the "
                       f"{learners_of_run} seeds of a run: {size * learners_of_run} learners per program.")
         elif estimate is not None:
-            free = data.device_memory_bytes()
+            free = free_memory_bytes()
             while free is not None and size > 1 and estimate(size) > 0.9 * free:
                 size = (size + 1) // 2
         groups.extend(runs[i:i + size] for i in range(0, len(runs), size))
     return groups
+
+
+def free_memory_bytes():
+    """Free memory of the device the learners live on: the accelerator's, or the host's available RAM
+    when JAX runs on the CPU (None where neither is known)."""
+    free = data.device_memory_bytes()
+    if free is None and jax.default_backend() == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                available = [line.split()[1] for line in f if line.startswith("MemAvailable:")]
+            free = int(available[0]) * 1024 if available else \
+                os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return free
 
 
 def memory_estimate(ctx_like: Context, cfg: agent.AgentConfig, num_seeds: int):
@@ -722,9 +739,13 @@ def memory_estimate(ctx_like: Context, cfg: agent.AgentConfig, num_seeds: int):
         example = chunks.TaskData(ctx_like.window.data_at(0), jax.ShapeDtypeStruct((n,), jnp.int32))
         analysis = train.lower(states, example).compile().memory_analysis()
         temp = getattr(analysis, "temp_size_in_bytes", 0) if analysis is not None else 0
-        need = chunks.tree_nbytes(states) + temp
+        config = ctx_like.config
+        replay = 0 if config.online_steps == 0 else chunks.tree_nbytes(jax.eval_shape(
+            lambda: chunks.init_online(config.online_steps, ctx_like.obs_dim, ctx_like.action_dim, num_seeds=n)))
+        need = chunks.tree_nbytes(states) + temp + replay
         print(f"Memory of {n} learners: state {chunks.tree_nbytes(states) / 2**20:.1f} MiB, XLA temp "
-              f"{temp / 2**20:.1f} MiB; free on the device {data.device_memory_bytes() / 2**20:.0f} MiB.")
+              f"{temp / 2**20:.1f} MiB, online replay {replay / 2**20:.1f} MiB; free {free_memory_bytes() / 2**20:.0f} "
+              f"MiB.")
         return need
 
     return estimate

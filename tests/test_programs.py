@@ -140,15 +140,13 @@ def test_bad_programs_are_one_line(dataset_dir, tmp_path, overrides, message):
 def test_runs_are_grouped_by_starting_point_and_by_what_fits(monkeypatch, capsys):
     """group_runs against a hand count: an estimate of 100 bytes per run and 250 bytes free fit 2 runs
     (4 -> 2 halvings until 0.9 * 250 holds them); a set size is rounded down to whole runs."""
-    from experiments import data
-
     fresh = [pipeline.Resumable(run=f"run{i}") for i in range(4)]
     resumed = pipeline.Resumable(run="late", restored=(100, None, None, {"phase": "offline"}))
     config = tiny_config("unused", "unused")
-    monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: 250)
+    monkeypatch.setattr(pipeline, "free_memory_bytes", lambda: 250)
     groups = pipeline.group_runs(config, fresh + [resumed], 2, estimate=lambda runs: 100 * runs)
     assert [[r.run for r in g] for g in groups] == [["run0", "run1"], ["run2", "run3"], ["late"]]
-    monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: None)  # CPU: everything in one
+    monkeypatch.setattr(pipeline, "free_memory_bytes", lambda: None)  # not known: everything in one
     groups = pipeline.group_runs(config, fresh, 2, estimate=lambda runs: 10**12)
     assert [len(g) for g in groups] == [4]
     config = tiny_config("unused", "unused", learners_per_program=5)  # 2 whole runs of 2 seeds
