@@ -153,3 +153,13 @@ def test_runs_are_grouped_by_starting_point_and_by_what_fits(monkeypatch, capsys
     groups = pipeline.group_runs(config, fresh, 2)
     assert [len(g) for g in groups] == [2, 2]
     assert "not a multiple" in capsys.readouterr().out
+
+
+def test_a_suite_slice_runs_one_program_per_domain():
+    """--suite=ogbench50 --shard=i/10 is one domain; a slice across two domains is two programs."""
+    config = tiny_config("unused", "unused", suite="ogbench50")
+    one = spec.task_list(config, "3/10")
+    assert learners.programs(one) == [tuple(f"humanoidmaze-large-navigate-singletask-task{t}-v0" for t in range(1, 6))]
+    two = learners.programs(spec.task_list(config, "1/3"))  # tasks 16..32: the end of one domain, two, the start
+    assert [len(p) for p in two] == [4, 5, 5, 3] and all(len({n.split("-singletask")[0] for n in p}) == 1
+                                                         for p in two)
