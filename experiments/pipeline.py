@@ -113,16 +113,16 @@ def open_dataset(config, spec: TaskSpec, env_names, envs) -> data.ShardWindow:
     return window
 
 
-def seed_shardings(num_seeds: int):
-    """(per-seed, replicated) shardings over the local devices, or (None, None) with one device."""
+def learner_shardings(num_learners: int):
+    """(per-learner, replicated) shardings over the local devices, or (None, None) with one device."""
     devices = jax.local_devices()
     if len(devices) < 2:
         return None, None
-    if num_seeds % len(devices):
-        print(f"{num_seeds} learners do not divide over {len(devices)} devices: running them on one device.")
+    if num_learners % len(devices):
+        print(f"{num_learners} learners do not divide over {len(devices)} devices: running them on one device.")
         return None, None
-    mesh = Mesh(np.array(devices), ("seed",))
-    return NamedSharding(mesh, PartitionSpec("seed")), NamedSharding(mesh, PartitionSpec())
+    mesh = Mesh(np.array(devices), ("learner",))
+    return NamedSharding(mesh, PartitionSpec("learner")), NamedSharding(mesh, PartitionSpec())
 
 
 # The jitted policy of a network shape, shared by the runs of a program and by every evaluation.
@@ -153,7 +153,7 @@ class Context:
     tasks: object  # (L,) int32: each learner's row of the per-task rewards and masks
     obs_dim: int
     action_dim: int
-    per_seed: object = None  # sharding of learner-stacked trees
+    per_learner: object = None  # sharding of learner-stacked trees
     replicated: object = None  # sharding of shared data
     preempt: Preemption = NEVER
 
@@ -452,14 +452,14 @@ def import_bc(ctx: Context):
     paths = [os.path.expanduser(ctx.config.bc_checkpoint.format(seed=seed)) for seed in ctx.seeds]
     params = [reference_checkpoint.import_actor(path, like, which="actor_bc") for path in paths]
     print(f"BC pretraining: imported from {paths[0] if len(set(paths)) == 1 else ', '.join(paths)}.")
-    return _put(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *params), ctx.per_seed)
+    return _put(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *params), ctx.per_learner)
 
 
 def bc_context(ctx: Context, seeds) -> Context:
     """BC is the same for every task and budget of a domain (it reads no reward): one learner per seed."""
-    per_seed, replicated = seed_shardings(len(seeds))
-    tasks = _put(jnp.zeros(len(seeds), jnp.int32), per_seed)
-    return dataclasses.replace(ctx, seeds=list(seeds), tasks=tasks, per_seed=per_seed, replicated=replicated)
+    per_learner, replicated = learner_shardings(len(seeds))
+    tasks = _put(jnp.zeros(len(seeds), jnp.int32), per_learner)
+    return dataclasses.replace(ctx, seeds=list(seeds), tasks=tasks, per_learner=per_learner, replicated=replicated)
 
 
 def pretrain_bc(ctx: Context):
@@ -482,12 +482,12 @@ def pretrain_bc(ctx: Context):
 
     with file_lock(os.path.join(bc_dir, "lock")), \
             Checkpointer(os.path.join(bc_dir, "checkpoints"), keep=ctx.config.keep_checkpoints) as checkpointer:
-        states = _put(agent.init_seeds(ctx.seeds, ctx.spec.bc, nets, ctx.obs_dim, ctx.chunk_dim), ctx.per_seed)
+        states = _put(agent.init_seeds(ctx.seeds, ctx.spec.bc, nets, ctx.obs_dim, ctx.chunk_dim), ctx.per_learner)
         restored = checkpointer.restore(states, items=("state",), check_meta=check)
         start = 0
         if restored is not None:
             start, saved_states, _, _ = restored
-            states = _put(saved_states, ctx.per_seed)
+            states = _put(saved_states, ctx.per_learner)
             if start >= ctx.config.bc_steps:
                 print(f"BC pretraining: reusing {bc_dir} (step {start}).")
                 return states.actor_bc
@@ -788,9 +788,9 @@ def train_group(ctx_like: Context, group: List[Resumable], seeds: list, preempt:
     config, spec = ctx_like.config, ctx_like.spec
     team = learners.Learners(tuple(r.run for r in group), tuple(seeds))
     num = len(team)
-    per_seed, replicated = seed_shardings(num)
-    ctx = dataclasses.replace(ctx_like, seeds=team.learner_seeds, tasks=_put(jnp.asarray(team.tasks), per_seed),
-                              per_seed=per_seed, replicated=replicated, preempt=preempt)
+    per_learner, replicated = learner_shardings(num)
+    ctx = dataclasses.replace(ctx_like, seeds=team.learner_seeds, tasks=_put(jnp.asarray(team.tasks), per_learner),
+                              per_learner=per_learner, replicated=replicated, preempt=preempt)
     if len(group) > 1:
         print(f"Program of {team.describe()}: {', '.join(r.run.run_dir for r in group)}.")
     obs_dim, action_dim = ctx.obs_dim, ctx.action_dim
@@ -822,12 +822,12 @@ def train_group(ctx_like: Context, group: List[Resumable], seeds: list, preempt:
                             Checkpointer(os.path.join(run.run_dir, "checkpoints"), keep=config.keep_checkpoints), meta)
             outputs.append(output)
             output.evals = Evaluations(ctx, run.spec.env_name, list(seeds), logger, workers)
-        online = _put(chunks.init_online(max(config.online_steps, 1), obs_dim, action_dim, num_seeds=num), per_seed)
+        online = _put(chunks.init_online(max(config.online_steps, 1), obs_dim, action_dim, num_seeds=num), per_learner)
         if continuing:
             stack = lambda *trees: jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trees)
-            states = _put(stack(*(r[1] for r in restored)), per_seed)
+            states = _put(stack(*(r[1] for r in restored)), per_learner)
             if restored[0][2] is not None:
-                online = _put(_grow_online(stack(*(r[2] for r in restored)), max(config.online_steps, 1)), per_seed)
+                online = _put(_grow_online(stack(*(r[2] for r in restored)), max(config.online_steps, 1)), per_learner)
             print(f"Resuming {', '.join(o.run_dir for o in outputs)} from step {step}.")
         else:
             started = time.time()
@@ -835,7 +835,7 @@ def train_group(ctx_like: Context, group: List[Resumable], seeds: list, preempt:
             wall["bc"] = time.time() - started
             bc_actor = jax.tree_util.tree_map(lambda x: jnp.concatenate([x] * len(group)), bc_actor)
             states = _put(agent.init_seeds(ctx.seeds, spec.offline, ctx.nets, obs_dim, ctx.chunk_dim,
-                                           pretrained_actor=bc_actor, hparams=team.hparams("offline")), per_seed)
+                                           pretrained_actor=bc_actor, hparams=team.hparams("offline")), per_learner)
         _train_stages(ctx, team, outputs, states, online, step, saved_meta, eval_pending, wall)
     finally:
         for o in outputs:
@@ -883,12 +883,12 @@ def _train_stages(ctx: Context, team: learners.Learners, outputs, states, online
             for o in outputs:
                 o.evals.submit(0, "offline", take(states.actor, o.learners, len(team)))
     if step < config.offline_steps:
-        states = states.replace(hparams=_put(team.hparams("offline"), ctx.per_seed))
+        states = states.replace(hparams=_put(team.hparams("offline"), ctx.per_learner))
         with timed("offline"):
             states = scanned_phase(ctx, spec.offline, states, step, config.offline_steps, "offline", outputs)
         step = config.offline_steps
     if config.online_steps > 0 and step < config.offline_steps + config.online_steps:
-        states = states.replace(hparams=_put(team.hparams("online"), ctx.per_seed))
+        states = states.replace(hparams=_put(team.hparams("online"), ctx.per_learner))
         with timed("online"):
             online_phase(ctx, states, online, step - config.offline_steps, outputs)
 
