@@ -360,6 +360,12 @@ def _signature(tree):
     return structure, tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in leaves)
 
 
+def xla_temp_bytes(compiled) -> Optional[int]:
+    """XLA's temporary buffers of a compiled program (None where the backend does not say)."""
+    analysis = compiled.memory_analysis()
+    return getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
+
+
 def compile_train(train, states, data_example, label: str):
     """The ahead-of-time compiled program (once per shape), and one line on its memory: state, XLA temp
     and dataset."""
@@ -368,8 +374,7 @@ def compile_train(train, states, data_example, label: str):
         return _COMPILED[key]
     started = time.time()
     compiled = _COMPILED[key] = train.lower(states, data_example).compile()
-    analysis = compiled.memory_analysis()
-    temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
+    temp = xla_temp_bytes(compiled)
     mib = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MiB"
     online = isinstance(data_example.data, chunks.ReplayData)
     offline = data_example.data.offline if online else data_example.data
@@ -737,8 +742,7 @@ def memory_estimate(ctx_like: Context, cfg: agent.AgentConfig, num_seeds: int):
         train = train_program(agent.static_config(cfg), ctx_like.nets, ctx_like.spec.horizon,
                               ctx_like.config.log_every, online=False)
         example = chunks.TaskData(ctx_like.window.data_at(0), jax.ShapeDtypeStruct((n,), jnp.int32))
-        analysis = train.lower(states, example).compile().memory_analysis()
-        temp = getattr(analysis, "temp_size_in_bytes", 0) if analysis is not None else 0
+        temp = xla_temp_bytes(train.lower(states, example).compile()) or 0
         config = ctx_like.config
         replay = 0 if config.online_steps == 0 else chunks.tree_nbytes(jax.eval_shape(
             lambda: chunks.init_online(config.online_steps, ctx_like.obs_dim, ctx_like.action_dim, num_seeds=n)))
@@ -776,8 +780,11 @@ def run_program(config, env_names, resume: bool = False, preempt: Preemption = N
                        None, obs_dim, action_dim, preempt=preempt)
     groups = group_runs(config, todo, len(seeds), memory_estimate(ctx_like, spec.offline, len(seeds)))
     if len(groups) > 1:
+        starts = sorted({r.start[0] for r in todo})
+        why = (f"they resume from different steps {starts}" if len(starts) > 1
+               else "config.learners_per_program, or the device's memory, sets the size")
         print(f"{len(todo)} runs of {len(seeds)} seeds in {len(groups)} programs of up to "
-              f"{max(len(g) for g in groups) * len(seeds)} learners (config.learners_per_program sets the size).")
+              f"{max(len(g) for g in groups) * len(seeds)} learners, one after the other ({why}).")
     for group in groups:
         train_group(ctx_like, group, seeds, preempt)
     return [run.run_dir for run in runs]
