@@ -9,7 +9,7 @@ Because the lean adjoint is linear in its terminal value, scaling every a_i by b
 scaling a_K by beta. Hence L_TRQAM(lam) = lambda_eff * L_QAM(beta = 1 / lambda_eff).
 """
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import chex
 import jax
@@ -75,37 +75,50 @@ def qam_scales(inv_temp) -> AdjointMatchingScales:
 
 
 def adjoint_matching_loss(
-    velocity_diff: jax.Array, adjoints: jax.Array, num_steps: int, scales: AdjointMatchingScales
+    velocity_diff: jax.Array, adjoints: jax.Array, num_steps: int, scales: AdjointMatchingScales,
+    times: Optional[jax.Array] = None,
 ) -> jax.Array:
     """sum_i sum_d (2 d_i / sigma_i + sigma_i a_i)^2, with d_i = v_theta - v_0 at (x_i, t_i) (conventions §5).
 
     A sum over steps and dims, not a mean, and no valid mask. Shapes: (K, D) each.
+    times: the grid where g_i is read, with h = 1 / num_steps; None is the flow grid t_i = i h. SQAM
+    passes its bridge grid tau_j = j / M with num_steps = M (conventions §12).
     """
     chex.assert_equal_shape([velocity_diff, adjoints])
-    g = jnp.sqrt(memoryless_noise_sq(flow_times(num_steps), num_steps))
+    times = flow_times(num_steps) if times is None else times
+    chex.assert_shape(times, velocity_diff.shape[:1])
+    g = jnp.sqrt(memoryless_noise_sq(times, num_steps))
     sigma = (g * scales.noise_scale)[:, None]
     residual = 2.0 * velocity_diff / sigma + sigma * scales.adjoint_scale * adjoints
     return jnp.sum(residual**2)
 
 
-def path_kl_estimate(velocity_diff: jax.Array, num_steps: int, horizon: int) -> jax.Array:
-    """Discrete Girsanov KL(P_theta || P_0): (1/H) sum_i (2 h / g_i^2) ||d_i||^2, per env step (conventions §5)."""
+def path_kl_estimate(velocity_diff: jax.Array, num_steps: int, horizon: int,
+                     times: Optional[jax.Array] = None) -> jax.Array:
+    """Discrete Girsanov KL(P_theta || P_0): (1/H) sum_i (2 h / g_i^2) ||d_i||^2, per env step (conventions §5).
+
+    times: as in `adjoint_matching_loss` (None: the flow grid; SQAM: its bridge grid, conventions §12).
+    """
     h = 1.0 / num_steps
-    g_sq = memoryless_noise_sq(flow_times(num_steps), num_steps)
+    times = flow_times(num_steps) if times is None else times
+    chex.assert_shape(times, velocity_diff.shape[:1])
+    g_sq = memoryless_noise_sq(times, num_steps)
     return jnp.sum(2.0 * h / g_sq * jnp.sum(velocity_diff**2, axis=-1)) / horizon
 
 
-def kl_constant(adjoints: jax.Array, num_steps: int) -> jax.Array:
+def kl_constant(adjoints: jax.Array, num_steps: int, times: Optional[jax.Array] = None) -> jax.Array:
     """C = (1/2) sum_i h g_i^2 ||a_i||^2 with the temperature-free adjoint (conventions §5).
 
     At the optimum of the loss the path KL is KL*(lambda) = C / lambda_eff^2 (average C over a batch)
     when the lean adjoint is a deterministic function of (t, x), as in the linear-Gaussian check.
     In general the optimal control is the conditional mean E[a | x], so by Jensen C / lambda_eff^2
     is an upper bound on the path KL at the optimum; docs/figures/trust_region_demo.md measures
-    the gap on a multimodal base.
+    the gap on a multimodal base. times: as in `adjoint_matching_loss` (SQAM: its bridge grid).
     """
     h = 1.0 / num_steps
-    g_sq = memoryless_noise_sq(flow_times(num_steps), num_steps)
+    times = flow_times(num_steps) if times is None else times
+    chex.assert_shape(times, adjoints.shape[:1])
+    g_sq = memoryless_noise_sq(times, num_steps)
     return 0.5 * jnp.sum(h * g_sq * jnp.sum(adjoints**2, axis=-1))
 
 

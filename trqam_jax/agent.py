@@ -1,15 +1,17 @@
 """The TRQAM training state and its one update step (conventions §8).
 
-One implementation, three modes chosen by `AgentConfig.method` (a static value):
+One implementation, four modes chosen by `AgentConfig.method` (a static value):
   "bc"    BC flow-matching pretraining: only L_BC.
   "trqam" L_Q + L_BC + L_AM with an adaptive lambda (projected dual update on the path KL).
   "qam"   the same losses with lambda fixed: an inverse temperature on the adjoint, no dual update.
+  "sqam"  TRQAM's trust region with the scalar adjoint on a bridge grid instead of the SDE rollout and
+          the lean adjoint, plus a value penalty in L_Q (conventions §12).
 
 `update(state, batch)` is pure. `make_train_fn` scans n updates per call, draws the batches inside
 jit with a sampling function, and vmaps the whole thing over a leading learner axis of the state.
 
 A learner is one (task, seed, budget). The scalar hyperparameters that change no shape (eps, the QAM
-inverse temperature, lam_scale, dual_lr) live in the state as `Hyperparams` arrays, so learners with
+inverse temperature, lam_scale, dual_lr, SQAM's gap_reg_coef) live in the state as `Hyperparams` arrays, so learners with
 different values share one compiled program; `AgentConfig` gives their defaults.
 """
 
@@ -23,20 +25,24 @@ import jax.numpy as jnp
 import optax
 
 from trqam_jax import adjoint as adj
+from trqam_jax import scalar_adjoint as sa
 from trqam_jax import losses
 from trqam_jax.dual import DualState, dual_init, dual_update
-from trqam_jax.flow import euler_sample, flow_times, memoryless_rollout
-from trqam_jax.networks import CriticEnsemble, VelocityField
+from trqam_jax.flow import euler_endpoint, euler_sample, flow_times, memoryless_rollout
+from trqam_jax.networks import COMPUTE_DTYPES, CriticEnsemble, VelocityField
 from trqam_jax.types import Batch
 
-METHODS = ("bc", "trqam", "qam")
+METHODS = ("bc", "trqam", "qam", "sqam")
+TRUST_REGION_METHODS = ("trqam", "sqam")  # the methods with the dual update on lam (conventions §6)
+# kl_budget=None in AgentConfig: the method's reference default (conventions §6 and §12).
+DEFAULT_KL_BUDGET = {"sqam": 0.5}
 
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
     """Static hyperparameters of the update. Defaults are the reference values of conventions §1-§8."""
 
-    method: str = "trqam"  # "bc", "trqam" or "qam".
+    method: str = "trqam"  # "bc", "trqam", "qam" or "sqam".
     hidden_dims: Sequence[int] = (512, 512, 512, 512)  # actor and critic MLP widths.
     actor_layer_norm: bool = False  # LayerNorm after each actor activation (on for 10M/100M data).
     critic_layer_norm: bool = True  # LayerNorm after each critic activation.
@@ -50,19 +56,30 @@ class AgentConfig:
     batch_size: int = 256  # B, used by the scanned sampler.
     lam_scale: float = 3.0  # lambda_eff = lam_scale * lam (default of Hyperparams.lam_scale).
     lam_init: float = 1.0  # initial dual variable lam.
-    kl_budget: float = 1.0  # eps, the trust-region budget on the per-env-step path KL (default of Hyperparams).
+    # eps, the trust-region budget on the per-env-step path KL (default of Hyperparams); None: the method's
+    # reference default, 0.5 for SQAM and 1.0 otherwise.
+    kl_budget: Optional[float] = None
     dual_lr: float = 0.01  # step of the linear-space dual update (default of Hyperparams.dual_lr).
     kl_ema_decay: float = 0.9  # EMA decay of the clipped KL estimate.
     kl_clip_factor: float = 2.0  # the estimate is clipped at kl_clip_factor * eps.
     lam_min: float = 0.01  # projection interval of lam.
     lam_max: float = 100.0
     inv_temp: float = 1.0  # QAM only: inverse temperature multiplying the terminal adjoint (default of Hyperparams).
+    compute_dtype: str = "float32"  # matmul inputs: "float32" (reference) or "bfloat16" (conventions §1).
+    n_bridge: int = 10  # SQAM only: M, the bridge states per example (conventions §12).
+    gap_reg_coef: float = 0.3  # SQAM only: c of the value penalty in L_Q (default of Hyperparams).
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"Unknown method {self.method!r}: use one of {METHODS}.")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"Unknown compute_dtype {self.compute_dtype!r}: use one of {COMPUTE_DTYPES}.")
         if self.flow_steps < 1:
             raise ValueError(f"flow_steps must be >= 1, got {self.flow_steps}.")
+        if self.n_bridge < 1:
+            raise ValueError(f"n_bridge must be >= 1, got {self.n_bridge}.")
+        if self.kl_budget is None:
+            object.__setattr__(self, "kl_budget", DEFAULT_KL_BUDGET.get(self.method, 1.0))
 
 
 class Networks(NamedTuple):
@@ -74,8 +91,9 @@ class Networks(NamedTuple):
 
 def make_networks(config: AgentConfig, chunk_dim: int) -> Networks:
     return Networks(
-        actor=VelocityField(tuple(config.hidden_dims), chunk_dim, config.actor_layer_norm),
-        critic=CriticEnsemble(tuple(config.hidden_dims), config.num_critics, config.critic_layer_norm),
+        actor=VelocityField(tuple(config.hidden_dims), chunk_dim, config.actor_layer_norm, config.compute_dtype),
+        critic=CriticEnsemble(tuple(config.hidden_dims), config.num_critics, config.critic_layer_norm,
+                              config.compute_dtype),
     )
 
 
@@ -94,6 +112,7 @@ class Hyperparams(NamedTuple):
     inv_temp: jax.Array  # QAM's inverse temperature (conventions §4).
     lam_scale: jax.Array  # lambda_eff = lam_scale * lam.
     dual_lr: jax.Array  # step of the dual update.
+    gap_reg_coef: jax.Array  # c of SQAM's value penalty (conventions §12).
 
 
 def hyperparams(config: "AgentConfig", **values) -> Hyperparams:
@@ -111,7 +130,7 @@ class TrainState:
     actor: Any  # fine-tuned velocity v_theta: acts, and gives the critic's next actions.
     opt_state: Any  # optax state of clip + Adam over Trainable(critic, actor_bc, actor).
     dual: DualState  # lam and the KL EMA.
-    hparams: Hyperparams  # this learner's eps, inverse temperature, lam_scale and dual_lr.
+    hparams: Hyperparams  # this learner's eps, inverse temperature, lam_scale, dual_lr and gap_reg_coef.
     step: jax.Array  # number of updates done.
     key: jax.Array  # PRNG key of this seed.
 
@@ -182,7 +201,7 @@ def with_learner_axis(hparams: Hyperparams, num_learners: int) -> Hyperparams:
 
 
 def lambda_eff(config: AgentConfig, state: TrainState) -> jax.Array:
-    """The effective multiplier: lam_scale * lam for TRQAM, 1 / inv_temp for QAM (the state's values)."""
+    """The effective multiplier: lam_scale * lam for TRQAM and SQAM, 1 / inv_temp for QAM (the state's values)."""
     if config.method == "qam":
         return 1.0 / state.hparams.inv_temp
     return state.hparams.lam_scale * state.dual.lam
@@ -213,7 +232,9 @@ def make_losses(config: AgentConfig, networks: Networks):
         return jax.vmap(lambda s, x0: euler_sample(_bound(actor_apply, actor, s), x0, num_steps))(
             observations, noise)
 
-    def q_loss(critic, critic_target, actor, batch: Batch, key):
+    def q_loss(critic, critic_target, actor, batch: Batch, key, endpoints=None, gap_reg_coef=None):
+        """L_Q (conventions §7); with `endpoints` (SQAM's a_hat, (B, D)), plus gap_reg_coef times the value
+        gap of the online critic at stopgrad(clip(a_hat)) against the data chunk (conventions §12)."""
         batch_size, horizon = batch.actions.shape[:2]
         chunks = batch.actions.reshape(batch_size, -1)
         next_actions = sample_actions(actor, batch.next_observations, key, chunks.shape[-1])
@@ -222,7 +243,14 @@ def make_losses(config: AgentConfig, networks: Networks):
                                       config.rho)
         q = critic_apply(critic, batch.observations, chunks)
         loss = losses.critic_loss(q, jax.lax.stop_gradient(target), batch.valid)
-        return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": target.mean()}
+        metrics = {"critic_loss": loss, "q_mean": q.mean(), "target_mean": target.mean()}
+        if endpoints is not None:
+            policy_actions = jax.lax.stop_gradient(jnp.clip(endpoints, -1.0, 1.0))
+            gap = losses.value_gap(critic_apply(critic, batch.observations, policy_actions), q)
+            penalty = gap_reg_coef * gap
+            loss = loss + penalty
+            metrics.update(value_gap=gap, value_penalty=penalty)
+        return loss, metrics
 
     def adjoint_matching(actor, actor_ref, critic_target, observations, key, scales, horizon, chunk_dim):
         """L_AM averaged over the batch, plus KL_hat and the closed-form constant C (conventions §3-§5)."""
@@ -251,12 +279,53 @@ def make_losses(config: AgentConfig, networks: Networks):
     return bc_loss, q_loss, adjoint_matching, sample_actions
 
 
+def make_sqam_losses(config: AgentConfig, networks: Networks):
+    """SQAM's endpoint sampler and scalar adjoint matching (conventions §12).
+
+    policy_endpoints(actor, observations, key, chunk_dim) -> a_hat (B, D): K Euler steps of the ODE from
+      x_0 ~ N(0, I) drawn from key, not clipped, without gradient.
+    scalar_adjoint_matching(actor, actor_ref, critic_target, observations, endpoints, key, scales, horizon)
+      -> (L_AM, metrics): bridge noise eps ~ N(0, I) of shape (B, M, D) drawn from key; differentiable
+      in `actor` only.
+    """
+    num_steps, n_bridge = config.flow_steps, config.n_bridge
+    actor_apply, critic_apply = networks.actor.apply, networks.critic.apply
+
+    def policy_endpoints(actor, observations, key, chunk_dim):
+        noise = jax.random.normal(key, observations.shape[:1] + (chunk_dim,))
+        endpoints = jax.vmap(lambda s, x0: euler_endpoint(_bound(actor_apply, actor, s), x0, num_steps))(
+            observations, noise)
+        return jax.lax.stop_gradient(endpoints)
+
+    def scalar_adjoint_matching(actor, actor_ref, critic_target, observations, endpoints, key, scales, horizon):
+        """L_AM averaged over the batch, plus KL_hat and C, on the bridge grid tau_j = j / M."""
+        times = sa.bridge_times(n_bridge)
+
+        def per_example(obs, endpoint, noises):
+            v_ref = _bound(actor_apply, actor_ref, obs)
+            q_fn = lambda x: jnp.mean(critic_apply(critic_target, obs, jnp.clip(x, -1.0, 1.0)))
+            states = sa.bridge_states(endpoint, noises)
+            adjoints = sa.scalar_adjoint(q_fn, endpoint, n_bridge)
+            states, adjoints = jax.lax.stop_gradient((states, adjoints))
+            diff = jax.vmap(lambda x, t: actor_apply(actor, obs, x, t) - v_ref(x, t))(states, times)
+            loss = adj.adjoint_matching_loss(diff, adjoints, n_bridge, scales, times)
+            kl = adj.path_kl_estimate(jax.lax.stop_gradient(diff), n_bridge, horizon, times)
+            return loss, kl, adj.kl_constant(adjoints, n_bridge, times)
+
+        noises = jax.random.normal(key, endpoints.shape[:1] + (n_bridge,) + endpoints.shape[1:])
+        loss, kl, const = jax.vmap(per_example)(observations, endpoints, noises)
+        return loss.mean(), {"actor_loss": loss.mean(), "kl_hat": kl.mean(), "kl_const": const.mean()}
+
+    return policy_endpoints, scalar_adjoint_matching
+
+
 class UpdateKeys(NamedTuple):
     """The three PRNG keys one update consumes, one per loss (see `split_update_key`)."""
 
     bc: jax.Array  # L_BC: split in two, noise x0 ~ N(0, I), shape (B, D), then t ~ U[0, 1], shape (B,).
     critic: jax.Array  # L_Q: the ODE start noise of the next actions, N(0, I) of shape (B, D).
     actor: jax.Array  # L_AM: split in two, x_0 ~ N(0, I) of shape (B, D), then eps of shape (B, K-1, D).
+    # SQAM: split in two, the endpoint's x_0 ~ N(0, I) of shape (B, D), then the bridge eps of shape (B, M, D).
 
 
 def split_update_key(key: jax.Array):
@@ -270,7 +339,7 @@ def split_update_key(key: jax.Array):
 
 
 def adjoint_scales(config: AgentConfig, state: TrainState) -> adj.AdjointMatchingScales:
-    """The scales of L_AM: TRQAM with the state's lambda_eff, or QAM with its inverse temperature."""
+    """The scales of L_AM: TRQAM (and SQAM) with the state's lambda_eff, or QAM with its inverse temperature."""
     if config.method == "qam":
         return adj.qam_scales(state.hparams.inv_temp)
     return adj.trqam_scales(lambda_eff(config, state))
@@ -284,10 +353,16 @@ def make_total_loss(config: AgentConfig, networks: Networks):
       L_Q(params.critic), with the next actions from state.actor and the target from state.critic_target;
       L_AM(params.actor), rolled out with state.actor, its last step and the adjoint's base velocity
         from state.actor_ref, and the terminal adjoint from state.critic_target.
-    The loss is the sum of the metrics bc_loss, critic_loss and actor_loss (only bc_loss in "bc" mode).
-    Each of them is differentiable in its own parameter set only: the update's gradient is their sum.
+    SQAM (conventions §12) draws one endpoint a_hat from state.actor, used by both:
+      L_Q(params.critic) plus value_penalty, the online critic's gap at stopgrad(clip(a_hat));
+      L_AM(params.actor) on the bridge states, with the base velocity from state.actor_ref and the
+        adjoint from state.critic_target.
+    The loss is the sum of the metrics bc_loss, critic_loss, actor_loss and, in SQAM, value_penalty
+    (only bc_loss in "bc" mode). Each of them is differentiable in its own parameter set only: the
+    update's gradient is their sum.
     """
     bc_loss, q_loss, adjoint_matching, _ = make_losses(config, networks)
+    policy_endpoints, scalar_adjoint_matching = make_sqam_losses(config, networks)
 
     def total_loss(params: Trainable, state: TrainState, batch: Batch, keys: UpdateKeys):
         loss, metrics = bc_loss(params.actor_bc, batch, keys.bc)
@@ -295,9 +370,17 @@ def make_total_loss(config: AgentConfig, networks: Networks):
             horizon, chunk_dim = batch.actions.shape[1], batch.actions.shape[1] * batch.actions.shape[2]
             # The loss uses lam from before this step's dual update.
             scales = adjoint_scales(config, state)
-            l_q, m_q = q_loss(params.critic, state.critic_target, state.actor, batch, keys.critic)
-            l_am, m_am = adjoint_matching(params.actor, state.actor_ref, state.critic_target,
-                                          batch.observations, keys.actor, scales, horizon, chunk_dim)
+            if config.method == "sqam":
+                endpoint_key, bridge_key = jax.random.split(keys.actor)
+                endpoints = policy_endpoints(state.actor, batch.observations, endpoint_key, chunk_dim)
+                l_q, m_q = q_loss(params.critic, state.critic_target, state.actor, batch, keys.critic,
+                                  endpoints, state.hparams.gap_reg_coef)
+                l_am, m_am = scalar_adjoint_matching(params.actor, state.actor_ref, state.critic_target,
+                                                     batch.observations, endpoints, bridge_key, scales, horizon)
+            else:
+                l_q, m_q = q_loss(params.critic, state.critic_target, state.actor, batch, keys.critic)
+                l_am, m_am = adjoint_matching(params.actor, state.actor_ref, state.critic_target,
+                                              batch.observations, keys.actor, scales, horizon, chunk_dim)
             loss = loss + l_q + l_am
             metrics = {**metrics, **m_q, **m_am}
         return loss, metrics
@@ -330,7 +413,7 @@ def make_update_fn(config: AgentConfig, networks: Networks) -> Callable[[TrainSt
             lam_eff = lambda_eff(config, state)  # lam from before the dual update
             metrics["lambda_eff"] = lam_eff
             metrics["kl_closed_form"] = adj.closed_form_kl(metrics["kl_const"], lam_eff)
-        if config.method == "trqam":
+        if config.method in TRUST_REGION_METHODS:
             dual, info = dual_update(dual, metrics["kl_hat"], state.hparams.kl_budget, state.hparams.dual_lr,
                                      config.kl_ema_decay, config.kl_clip_factor, config.lam_min,
                                      config.lam_max)

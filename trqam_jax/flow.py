@@ -1,4 +1,4 @@
-"""Flow sampling (conventions §2 and §3): the Euler ODE sampler and the memoryless SDE rollout.
+"""Flow sampling (conventions §2, §3 and §12): the Euler ODE sampler and the memoryless SDE rollout.
 
 Conventions: t = 0 is noise, t = 1 is the action; K steps of size h = 1 / K at t_i = i h.
 Every function here acts on ONE example (x of shape (D,)); vmap it over a batch. Velocity
@@ -24,15 +24,20 @@ def memoryless_noise_sq(t, num_steps: int):
     return 2.0 * (1.0 - t + h) / (t + h)
 
 
-def euler_sample(velocity_fn: VelocityFn, noise: jax.Array, num_steps: int) -> jax.Array:
-    """K Euler steps x_{i+1} = x_i + h v(x_i, i h) from x_0 = noise, then clip to [-1, 1] (conventions §2)."""
+def euler_endpoint(velocity_fn: VelocityFn, noise: jax.Array, num_steps: int) -> jax.Array:
+    """K Euler steps x_{i+1} = x_i + h v(x_i, i h) from x_0 = noise, NOT clipped: SQAM's a_hat (conventions §12)."""
     h = 1.0 / num_steps
 
     def step(x, t):
         return x + h * velocity_fn(x, t), None
 
     x, _ = jax.lax.scan(step, noise, flow_times(num_steps))
-    return jnp.clip(x, -1.0, 1.0)
+    return x
+
+
+def euler_sample(velocity_fn: VelocityFn, noise: jax.Array, num_steps: int) -> jax.Array:
+    """K Euler steps x_{i+1} = x_i + h v(x_i, i h) from x_0 = noise, then clip to [-1, 1] (conventions §2)."""
+    return jnp.clip(euler_endpoint(velocity_fn, noise, num_steps), -1.0, 1.0)
 
 
 def memoryless_rollout(

@@ -1,4 +1,5 @@
-"""Critic TD loss with chunked targets (conventions §7) and the flow-matching BC loss (conventions §2)."""
+"""Critic TD loss with chunked targets (conventions §7), SQAM's value gap (conventions §12) and the
+flow-matching BC loss (conventions §2)."""
 
 import chex
 import jax
@@ -18,6 +19,17 @@ def critic_loss(q: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
     """Mean over heads and batch of (Q_j(s, a) - y)^2 * valid_last. q: (N, B); target, valid: (B,)."""
     chex.assert_equal_shape([q[0], target, valid])
     return jnp.mean(jnp.square(q - target[None]) * valid[None])
+
+
+def value_gap(q_policy: jax.Array, q_data: jax.Array) -> jax.Array:
+    """SQAM's value gap, mean over batch of [mean_k Q_k(s, a_pi) - mean_k Q_k(s, a_data)] (conventions §12).
+
+    q_policy, q_data: (N, B), the ONLINE critic at the clipped policy endpoint and at the data chunk.
+    No valid mask. The critic loss adds c times it: it lowers Q at the policy's endpoint and raises it
+    at the data action.
+    """
+    chex.assert_equal_shape([q_policy, q_data])
+    return jnp.mean(jnp.mean(q_policy, axis=0) - jnp.mean(q_data, axis=0))
 
 
 def bc_flow_loss(velocity_pred: jax.Array, noise: jax.Array, actions: jax.Array, valid: jax.Array):
