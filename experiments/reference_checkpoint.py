@@ -27,22 +27,25 @@ shape checks.
 Not supported: QAM's non-default `residual=True` variant, whose acting velocity is the SUM of
 actor_slow and actor_fast (actor_fast alone is then not a policy), and Fourier time features.
 
-Pickles can run code when loaded. This loader only resolves classes from numpy, jax, flax and
-a few standard modules, so a pickle that needs anything else (the reference code included) is
-refused with a one-line error instead of being executed. It needs no reference code installed.
+Pickles can run code when loaded. This loader reads them with experiments/safe_pickle.py, which
+resolves only the exact (module, name) pairs that numpy arrays, dtypes, scalars, jax arrays, flax
+FrozenDicts and plain containers pickle to; a pickle that needs anything else (a function, the
+reference code's classes) is refused with a one-line error and nothing from it runs. It needs no
+reference code installed.
 
     params = import_actor("exp/.../params_300000.pkl", nets.actor.init(key, obs, x, 0.0), which="actor_bc")
 """
 
 import glob
 import os
-import pickle
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments import safe_pickle
 
 __all__ = [
     "ReferenceCheckpointError",
@@ -70,23 +73,6 @@ MODULES: Dict[str, Tuple[str, ...]] = {
 }
 _ACTOR_NAMES = ("actor_bc", "actor_ref", "actor")
 _CRITIC_NAMES = ("critic", "critic_target")
-
-# Modules a reference state-dict pickle may need; everything else is refused.
-_ALLOWED_TOP_MODULES = {"numpy", "jax", "jaxlib", "flax", "optax", "ml_dtypes", "collections", "copyreg",
-                        "_codecs"}
-_ALLOWED_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str",
-                     "bytes", "bytearray", "slice", "range"}
-
-
-class _StateDictUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        top = module.split(".")[0]
-        if (module == "builtins" and name in _ALLOWED_BUILTINS) or top in _ALLOWED_TOP_MODULES:
-            return super().find_class(module, name)
-        raise ReferenceCheckpointError(
-            f"it pickles a {module}.{name} object, but a reference checkpoint holds only a flax state dict "
-            "of arrays")
-
 
 def _resolve_path(path) -> str:
     """A params_<step>.pkl file, or a run directory (its newest params_<step>.pkl)."""
@@ -124,8 +110,8 @@ def load_reference_state(path) -> Dict[str, Any]:
     path = _resolve_path(path)
     try:
         with open(path, "rb") as f:
-            payload = _StateDictUnpickler(f).load()
-    except ReferenceCheckpointError as e:
+            payload = safe_pickle.load(f)
+    except safe_pickle.UnsafePickleError as e:
         raise ReferenceCheckpointError(f"{path} is not a reference checkpoint: {e}") from None
     except Exception as e:  # any unpickling failure: truncated file, not a pickle, ...
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -242,3 +242,189 @@ def test_each_bad_checkpoint_gets_a_one_line_error(tmp_path):
         "modules_actor_slow/mlp/LayerNorm_0/bias is missing from the checkpoint")
 
     assert "which in" in one_line_error(rc.import_actor, path_plain, actor_like, which="critic")
+
+
+# ------------------------------------------------------------------ pickles that try to run code
+#
+# Each payload, loaded with plain pickle, creates a marker file (checked first, so the payload is
+# known to work); the project's loader must refuse it in one line and the marker must not appear.
+
+import builtins
+import functools
+import importlib
+import operator
+import os
+import subprocess
+import sys
+
+import numpy.testing._private.utils as np_testing_utils
+
+from experiments import safe_pickle
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Call:
+    """Pickles as the call f(*args): f pickled by reference, by its own reduce, or another Call."""
+
+    def __init__(self, f, *args):
+        self.f, self.args = f, args
+
+    def __reduce__(self):
+        return self.f, self.args
+
+    def __call__(self, *args):  # pickle requires the reduce function to be callable
+        raise AssertionError("only pickled")
+
+
+def touch(marker):
+    return f"open({str(marker)!r}, 'w').close()"
+
+
+def payloads(tmp_path, marker):
+    """name -> the object pickled as {'agent': object}."""
+    code, cmd = touch(marker), f"touch {marker}"
+    npy = tmp_path / "evil.npy"
+    np.save(npy, np.array([Call(exec, code), 0], dtype=object), allow_pickle=True)
+    os_module = Call(importlib.import_module, "os")
+    return {
+        "numpy runstring (exec)": Call(np_testing_utils.runstring, code, {}),
+        "numpy.load of a pickled .npy": Call(np.load, str(npy), None, True),
+        "jax.numpy.load of a pickled .npy": Call(jnp.load, str(npy), None, True),
+        "pickle.loads": Call(pickle.loads, pickle.dumps(Call(exec, code))),
+        "builtins.exec": Call(exec, code),
+        "builtins.eval": Call(eval, f"exec({code!r})"),
+        "os.system": Call(os.system, cmd),
+        "subprocess.call": Call(subprocess.call, ["touch", str(marker)]),
+        "builtins.getattr chain": Call(Call(getattr, Call(builtins.__import__, "os"), "system"), cmd),
+        "operator.attrgetter": Call(Call(operator.attrgetter("system"), os_module), cmd),
+        "operator.attrgetter into numpy": Call(
+            Call(operator.attrgetter("testing._private.utils.runstring"), Call(importlib.import_module, "numpy")),
+            code, {}),
+        "operator.methodcaller": Call(operator.methodcaller("system", cmd), os_module),
+        "functools.partial": Call(functools.partial(exec, code)),
+        "functools.reduce": Call(functools.reduce, exec, [{}], code),
+        "jax rebuild with another function": Call(jax._src.array._reconstruct_array, np_testing_utils.runstring,
+                                                  (code, {}), None, {}),
+        "object array element": np.array([Call(exec, code)], dtype=object),
+        "inside a FrozenDict": __import__("flax").core.FrozenDict({"x": Call(exec, code)}),
+    }
+
+
+def raw_payloads(marker):
+    """Hand-written pickles. At protocol 4 a dotted name reaches attributes of the named module."""
+    code = touch(marker)
+    call = lambda module, name: f"\x80\x04(dp0\nVagent\nc{module}\n{name}\n(V{code}\n(dtRs.".encode("latin1")
+    return {
+        "dotted name under numpy": call("numpy", "testing._private.utils.runstring"),
+        "dotted name under an allowed module": call("jax._src.array", "np.testing._private.utils.runstring"),
+        "__builtin__ (protocol 0) exec": f"(dp0\nVagent\nc__builtin__\nexec\n(V{code}\ntRs.".encode(),
+        "posix.system": f"(dp0\nVagent\ncposix\nsystem\n(Vtouch {marker}\ntRs.".encode(),
+    }
+
+
+def assert_refused(path, marker):
+    message = one_line_error(rc.load_reference_state, path)
+    assert message.startswith(f"{path} is not a reference checkpoint")
+    assert not marker.exists()
+    return message
+
+
+def test_pickles_that_run_code_are_refused_and_run_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    cases = {name: pickle.dumps({"agent": obj}, protocol=4) for name, obj in payloads(tmp_path, marker).items()}
+    cases.update(raw_payloads(marker))
+    for protocol in (0, 2, 5):
+        cases[f"runstring, protocol {protocol}"] = pickle.dumps(
+            {"agent": Call(np_testing_utils.runstring, touch(marker), {})}, protocol=protocol)
+    for name, data in cases.items():
+        path = tmp_path / "evil.pkl"
+        path.write_bytes(data)
+        try:  # the payload works: plain pickle runs it
+            pickle.loads(data)
+        except Exception:
+            pass
+        assert marker.exists(), f"{name}: the payload did not run under plain pickle"
+        marker.unlink()
+        message = assert_refused(path, marker)
+        assert "not loaded" in message or "not a reference checkpoint" in message, name
+        with pytest.raises(safe_pickle.UnsafePickleError):
+            safe_pickle.loads(data)
+        assert not marker.exists(), name
+
+
+def test_allowed_stand_ins_check_their_arguments(tmp_path):
+    # A jax array rebuilt with an allowed function other than numpy's _reconstruct.
+    with pytest.raises(safe_pickle.UnsafePickleError, match="rebuild function"):
+        safe_pickle.loads(pickle.dumps(Call(jax._src.array._reconstruct_array, np.dtype, ("f4",), None, {})))
+    # _codecs.encode for another codec than latin-1.
+    import _codecs
+
+    with pytest.raises(safe_pickle.UnsafePickleError, match="latin-1"):
+        safe_pickle.loads(pickle.dumps(Call(_codecs.encode, "eA==", "base64")))
+    # BUILD (set state) on an allowed class or function: refused, the object left as it was.
+    for target in ("collections\nOrderedDict", "_codecs\nencode"):
+        data = f"c{target}\n(N(dVx\nI1\nstb.".encode()
+        with pytest.raises(safe_pickle.UnsafePickleError, match="sets the state"):
+            safe_pickle.loads(data)
+    assert not hasattr(safe_pickle.ALLOWED[("_codecs", "encode")], "x")
+    # Exact pairs only: no dotted names, and only these modules.
+    assert all("." not in name for _, name in safe_pickle.ALLOWED)
+    assert {module for module, _ in safe_pickle.ALLOWED} == {
+        "numpy", "numpy._core.multiarray", "numpy._core.numeric", "numpy.core.multiarray", "numpy.core.numeric",
+        "jax._src.array", "flax.core.frozen_dict", "ml_dtypes", "builtins", "__builtin__", "collections", "_codecs"}
+
+
+def test_every_array_kind_loads_with_numpy_1_and_2_module_paths(tmp_path):
+    import flax
+
+    tree = {"np": np.arange(6, dtype=np.float32).reshape(2, 3), "scalar": np.float64(2.5), "int": np.int32(3),
+            "jax": jnp.ones((2, 2)), "key": jax.random.PRNGKey(1), "bf16": jnp.ones(3, jnp.bfloat16),
+            "frozen": flax.core.freeze({"a": {"b": np.ones(2)}}), "plain": [1, (2.0, None), {3}, b"\xff", 1j]}
+    for protocol in range(6):
+        data = pickle.dumps({"agent": tree}, protocol=protocol)
+        legacy = data.replace(b"numpy._core", b"numpy.core")  # numpy 1.x writes numpy.core.*
+        if protocol >= 4:  # length-prefixed strings: rewrite through the opcodes instead
+            legacy = _rename_module(data, "numpy._core.multiarray", "numpy.core.multiarray")
+        for blob in (data, legacy):
+            out = safe_pickle.loads(blob)["agent"]
+            np.testing.assert_array_equal(out["np"], tree["np"])
+            assert out["scalar"] == 2.5 and out["int"].dtype == np.int32
+            assert isinstance(out["jax"], np.ndarray) and out["jax"].shape == (2, 2)
+            np.testing.assert_array_equal(out["key"], np.asarray(tree["key"]))
+            assert out["bf16"].dtype == jnp.bfloat16
+            assert out["frozen"] == {"a": {"b": out["frozen"]["a"]["b"]}} and type(out["frozen"]) is dict
+            assert out["plain"] == [1, (2.0, None), {3}, b"\xff", 1j]
+    assert b"numpy.core.multiarray" in legacy
+
+
+def _rename_module(data, old, new):
+    """Rewrites protocol 4/5 SHORT_BINUNICODE strings equal to `old` (length prefix included)."""
+    o, n = old.encode(), new.encode()
+    return data.replace(b"\x8c" + bytes([len(o)]) + o, b"\x8c" + bytes([len(n)]) + n)
+
+
+def test_a_malicious_bc_checkpoint_through_the_training_command(dataset_dir, tmp_path):
+    """--config.bc_checkpoint=<malicious.pkl>: one line, no traceback, no marker, earlier runs kept."""
+    marker = tmp_path / "marker"
+    evil = tmp_path / "params_300000.pkl"
+    evil.write_bytes(pickle.dumps({"agent": Call(np_testing_utils.runstring, touch(marker), {})}))
+    out = tmp_path / "runs"
+    saved = out / "cube-single-play-singletask-task2-v0" / "trqam" / "eval.csv"  # an earlier run's results
+    saved.parent.mkdir(parents=True)
+    saved.write_text("step,phase,seed,success\n0,offline,0,0.5\n")
+    tiny = {"num_seeds": 1, "bc_steps": 10, "offline_steps": 20, "online_steps": 0, "log_every": 10,
+            "eval_every": 10, "save_every": 10, "eval_episodes": 1, "eval_envs_per_seed": 1, "eval_steps": 5,
+            "generate_missing_data": False, "agent.width": 16, "agent.depth": 2, "agent.num_critics": 2,
+            "agent.batch_size": 16, "agent.flow_steps": 3}
+    cmd = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/quickstart.py",
+           *[f"--config.{k}={v}" for k, v in tiny.items()], f"--config.dataset_dir={dataset_dir}",
+           f"--output_dir={out}", f"--config.bc_checkpoint={evil}", "--noreport"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert errors == [f"Error: {evil} is not a reference checkpoint: it needs numpy.testing._private.utils.runstring, "
+                      "which is not an array, a dtype, a scalar or a plain container, and was not loaded"], proc.stderr
+    assert not marker.exists()
+    assert saved.read_text() == "step,phase,seed,success\n0,offline,0,0.5\n"
