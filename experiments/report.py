@@ -83,7 +83,7 @@ DOMAINS = (
 )
 EXTRA_DOMAINS = ("cube-single-play",)
 TASKS_PER_DOMAIN = 5
-METHOD_ORDER = ("trqam", "qam", "bc")
+METHOD_ORDER = ("sqam", "trqam", "qam", "bc")
 ENV_NAME_RE = re.compile(
     r"^(?P<domain>[A-Za-z0-9][A-Za-z0-9-]*?)-singletask-task(?P<task>\d+)-v\d+$")
 EVAL_COLUMNS = ("step", "phase", "seed", "success")
@@ -669,9 +669,9 @@ def _draw(ax, curves, color=None, label=None, per_seed=True):
 
 
 def kl_budgets(run: Run) -> dict:
-    """phase -> the KL budget eps of a TRQAM run (task.json), for the phases the run has."""
+    """phase -> the KL budget eps of a TRQAM or SQAM run (task.json), for the phases the run has."""
     spec = run.task_spec or {}
-    if run.method != "trqam":
+    if run.method not in ("trqam", "sqam"):
         return {}
     out = {}
     for phase in PHASES:
