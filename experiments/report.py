@@ -83,7 +83,7 @@ DOMAINS = (
 )
 EXTRA_DOMAINS = ("cube-single-play",)
 TASKS_PER_DOMAIN = 5
-METHOD_ORDER = ("sqam", "trqam", "qam", "bc")
+METHOD_ORDER = ("trqam", "sqam", "qam", "bc")
 ENV_NAME_RE = re.compile(
     r"^(?P<domain>[A-Za-z0-9][A-Za-z0-9-]*?)-singletask-task(?P<task>\d+)-v\d+$")
 EVAL_COLUMNS = ("step", "phase", "seed", "success")
