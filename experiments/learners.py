@@ -7,13 +7,15 @@ single-task command would write, so the report and `experiments.policy` read it 
 
   --env_name=cube-double-play                  the five tasks of the domain
   --env_name=cube-double-play --tasks=1,3      two of them
-  --config.sweep.kl_budget=0.25,0.5,1.0        a budget axis (TRQAM's eps); sweep.inv_temp for QAM
+  --config.sweep.kl_budget=0.25,0.5,1.0        a budget axis (TRQAM's or SQAM's eps); sweep.inv_temp for QAM
+  --config.sweep.gap_reg_coef=0,0.3            SQAM's value-penalty axis, crossed with sweep.kl_budget if both
 
 Learners are ordered run by run (task-major, then budget), and seed by seed inside a run, so run k owns
 the learner slice [k * S, (k + 1) * S).
 """
 
 import dataclasses
+import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,8 +25,9 @@ from experiments import data
 from experiments.spec import ConfigError, TaskSpec, resolve
 from trqam_jax import agent
 
-# sweep.<field> -> the agent field it sets, and the method it belongs to.
-SWEEPS = {"kl_budget": "trqam", "inv_temp": "qam"}
+# sweep.<field> -> the methods it belongs to; each sets agent.<field>.
+SWEEPS = {"kl_budget": ("trqam", "sqam"), "inv_temp": ("qam",), "gap_reg_coef": ("sqam",)}
+ZERO_ALLOWED = ("gap_reg_coef",)  # 0 turns SQAM's value penalty off; every other swept value must be > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,30 +46,34 @@ def _parse_values(text: str, field: str) -> Tuple[float, ...]:
     except ValueError:
         raise ConfigError(f"config.sweep.{field}={text!r} must be comma-separated numbers, e.g. 0.25,0.5,1.0.") \
             from None
-    if any(not v > 0 for v in values):
+    if field in ZERO_ALLOWED and any(not v >= 0 for v in values):
+        raise ConfigError(f"config.sweep.{field}={text!r}: every value must be >= 0.")
+    if field not in ZERO_ALLOWED and any(not v > 0 for v in values):
         raise ConfigError(f"config.sweep.{field}={text!r}: every value must be > 0.")
     if len(set(values)) != len(values):
         raise ConfigError(f"config.sweep.{field}={text!r} repeats a value: list each once.")
     return values
 
 
-def sweep_axis(config) -> Tuple[Optional[str], Tuple[float, ...]]:
-    """(agent field, values) of the budget axis, or (None, ()) without one."""
-    given = [(f, config.sweep[f]) for f in SWEEPS if config.sweep[f]]
-    if not given:
-        return None, ()
-    if len(given) > 1:
-        raise ConfigError("Set one of config.sweep.kl_budget (TRQAM) and config.sweep.inv_temp (QAM), not both.")
-    field, text = given[0]
-    if config.method != SWEEPS[field]:
-        other = [f for f, m in SWEEPS.items() if m == config.method]
-        fix = f"use config.sweep.{other[0]}" if other else "BC has no budget to sweep; drop it"
-        raise ConfigError(f"config.sweep.{field} is a {SWEEPS[field].upper()} budget but config.method="
-                          f"{config.method!r}: {fix}.")
-    if config.agent[field] is not None:
-        raise ConfigError(f"config.agent.{field}={config.agent[field]} and config.sweep.{field}={text!r} are both set: "
-                          f"keep one (a single value is a sweep of one).")
-    return field, _parse_values(text, field)
+def sweep_axes(config) -> List[Tuple[str, Tuple[float, ...]]]:
+    """[(agent field, values)] of the budget axes, in SWEEPS order; [] without one. SQAM may cross
+    sweep.kl_budget with sweep.gap_reg_coef (every pair is a run)."""
+    given = [(f, config.sweep.get(f)) for f in SWEEPS if config.sweep.get(f)]
+    fields = [f for f, _ in given]
+    if "kl_budget" in fields and "inv_temp" in fields:
+        raise ConfigError("Set one of config.sweep.kl_budget (TRQAM, SQAM) and config.sweep.inv_temp (QAM), not both.")
+    axes = []
+    for field, text in given:
+        if config.method not in SWEEPS[field]:
+            other = [f for f, methods in SWEEPS.items() if config.method in methods]
+            fix = f"use config.sweep.{' or config.sweep.'.join(other)}" if other else "BC has no budget to sweep; drop it"
+            raise ConfigError(f"config.sweep.{field} is a {' / '.join(m.upper() for m in SWEEPS[field])} budget but "
+                              f"config.method={config.method!r}: {fix}.")
+        if config.agent.get(field) is not None:
+            raise ConfigError(f"config.agent.{field}={config.agent[field]} and config.sweep.{field}={text!r} are both "
+                              f"set: keep one (a single value is a sweep of one).")
+        axes.append((field, _parse_values(text, field)))
+    return axes
 
 
 def task_names(config, env_name: Optional[str] = None) -> Tuple[str, ...]:
@@ -86,14 +93,15 @@ def task_names(config, env_name: Optional[str] = None) -> Tuple[str, ...]:
     return (env_name,)
 
 
-def run_config(config, env_name: str, field: Optional[str] = None, value: Optional[float] = None):
-    """The config a single-task command for this run would have: a copy, with the task, and the budget
-    set in agent.<field>; the program's own settings (tasks, sweep) cleared."""
+def run_config(config, env_name: str, budgets: Sequence[Tuple[str, float]] = ()):
+    """The config a single-task command for this run would have: a copy, with the task, and each budget
+    (field, value) set in agent.<field>; the program's own settings (tasks, sweep) cleared."""
     run = config_dict.ConfigDict(config.to_dict())
     run.env_name, run.tasks, run.suite = env_name, "", ""
     for name in SWEEPS:
-        run.sweep[name] = ""
-    if field is not None:
+        if name in run.sweep:
+            run.sweep[name] = ""
+    for field, value in budgets:
         run.agent[field] = float(value)
     run.lock()
     return run
@@ -101,11 +109,11 @@ def run_config(config, env_name: str, field: Optional[str] = None, value: Option
 
 def plan(config, env_names: Sequence[str], run_dir_of) -> List[Run]:
     """The runs of a program, every config checked before anything is written."""
-    field, values = sweep_axis(config)
+    axes = sweep_axes(config)
     runs = []
     for env_name in env_names:
-        for value in (values or (None,)):
-            cfg = run_config(config, env_name, field, value)
+        for values in itertools.product(*(values for _, values in axes)):
+            cfg = run_config(config, env_name, [(field, value) for (field, _), value in zip(axes, values)])
             spec = resolve(cfg, env_name)
             runs.append(Run(cfg, spec, run_dir_of(cfg, env_name, spec.method)))
     domains = {run.spec.domain for run in runs}

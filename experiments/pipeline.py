@@ -38,6 +38,7 @@ BC_DIR = "_pretrained_bc"  # <output_dir>/_pretrained_bc/<domain>: the shared BC
 # Config fields that do not identify a run: where it lives, where the data lives, and how the task
 # was named on the command line (the run dir is keyed by the task already).
 NOT_IDENTITY = ("output_dir", "dataset_dir", "env_name", "suite", "tasks", "sweep.kl_budget", "sweep.inv_temp",
+                "sweep.gap_reg_coef",
                 "learners_per_program", "wandb.project", "wandb.entity", "wandb.group")
 # Raising these extends a run; they are checked separately.
 EXTENDABLE = ("offline_steps", "online_steps")
@@ -57,9 +58,14 @@ class TrainingDivergedError(RuntimeError):
 
 def run_name(config, method: str) -> str:
     """The run's directory name under its task: the method, plus the budget when it is set explicitly,
-    so that an eps (or QAM inverse-temperature) sweep writes one run dir per value and shares one BC."""
+    so that an eps (or QAM inverse-temperature, or SQAM value-penalty) sweep writes one run dir per value
+    and shares one BC."""
     if method == "trqam" and config.agent.kl_budget is not None:
         return f"trqam_eps{config.agent.kl_budget:g}"
+    if method == "sqam":  # sqam, sqam_eps0.5, sqam_gap0, sqam_eps0.5_gap0.3
+        name = method if config.agent.kl_budget is None else f"{method}_eps{config.agent.kl_budget:g}"
+        gap = config.agent.get("gap_reg_coef")
+        return name if gap is None else f"{name}_gap{gap:g}"
     if method == "qam" and config.agent.inv_temp is not None:
         return f"qam_beta{config.agent.inv_temp:g}"
     return method

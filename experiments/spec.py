@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 class TaskSpec:
     env_name: str  # the OGBench single-task id
     domain: str  # e.g. cube-double-play
-    method: str  # trqam, qam or bc
+    method: str  # trqam, qam, sqam or bc
     horizon: int  # H
     sparse: bool  # sparse-reward option
     eval_steps: int  # evaluation episode length
@@ -64,8 +64,11 @@ def resolve(config, env_name: Optional[str] = None) -> TaskSpec:
         lam_min=a.lam_min,
         lam_max=a.lam_max,
         inv_temp=_pick(a.inv_temp, domain.qam_inv_temp),
+        # SQAM's settings (conventions §12); .get: configs saved before SQAM existed lack them.
+        n_bridge=_pick(a.get("n_bridge"), AgentConfig.n_bridge),
+        gap_reg_coef=_pick(a.get("gap_reg_coef"), domain.sqam_gap_reg_coef),
     )
-    eps = _pick(a.kl_budget, domain.kl_budget)
+    eps = _pick(a.kl_budget, domain.sqam_kl_budget if config.method == "sqam" else domain.kl_budget)
     fine_tune_method = "trqam" if config.method == "bc" else config.method
     offline = AgentConfig(method=fine_tune_method, kl_budget=eps, **common)
     online = dataclasses.replace(offline, kl_budget=_pick(config.online_kl_budget, eps))
@@ -101,6 +104,8 @@ _RANGES = (
     ("agent.kl_budget", lambda v: v > 0, "> 0"),
     ("online_kl_budget", lambda v: v > 0, "> 0"),
     ("agent.inv_temp", lambda v: v > 0, "> 0"),
+    ("agent.gap_reg_coef", lambda v: v >= 0, ">= 0 (0: no value penalty)"),
+    ("agent.n_bridge", lambda v: v >= 1, ">= 1"),
     ("agent.learning_rate", lambda v: v > 0, "> 0"),
     ("agent.dual_lr", lambda v: v > 0, "> 0"),
     ("agent.lam_scale", lambda v: v > 0, "> 0"),

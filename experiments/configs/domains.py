@@ -1,7 +1,8 @@
 """Per-domain settings of the 50-task protocol (conventions §10).
 
 Fields of the run config that are left as None are taken from this table for the task's domain.
-cube-single-play is not in the paper's table; it uses cube-double's settings for quick CPU runs.
+cube-single-play is not in the paper's table; it uses cube-double's settings for quick CPU runs
+(SQAM's value penalty included: c = 0 there too).
 """
 
 from typing import NamedTuple
@@ -18,20 +19,22 @@ class DomainSettings(NamedTuple):
     dataset_size_m: int  # dataset size in millions of transitions
     kl_budget: float  # eps, TRQAM's path-KL budget (the paper's per-domain values are unknown)
     qam_inv_temp: float  # the QAM baseline's inverse temperature
+    sqam_kl_budget: float  # SQAM's eps (the reference default; the SQAM paper's per-domain values are unknown)
+    sqam_gap_reg_coef: float  # SQAM's value-penalty coefficient c (0 on cube-double, as in the reference)
 
 
 DOMAIN_SETTINGS = {
-    "antmaze-large-navigate": DomainSettings(512, False, 1, 0.995, 0.5, False, 1000, 1, 1.0, 10.0),
-    "antmaze-giant-navigate": DomainSettings(1024, True, 1, 0.995, 0.5, False, 1000, 10, 1.0, 3.0),
-    "humanoidmaze-medium-navigate": DomainSettings(512, False, 1, 0.999, 0.0, False, 2000, 1, 1.0, 3.0),
-    "humanoidmaze-large-navigate": DomainSettings(512, False, 1, 0.999, 0.0, False, 2000, 1, 1.0, 3.0),
-    "scene-play": DomainSettings(512, False, 5, 0.995, 0.5, True, 750, 1, 1.0, 1.0),
-    "puzzle-3x3-play": DomainSettings(512, False, 5, 0.995, 0.5, True, 500, 1, 1.0, 3.0),
-    "puzzle-4x4-play": DomainSettings(1024, True, 5, 0.995, 0.5, True, 500, 10, 1.0, 30.0),
-    "cube-double-play": DomainSettings(512, False, 5, 0.995, 0.5, False, 500, 1, 1.0, 1.0),
-    "cube-triple-play": DomainSettings(1024, True, 5, 0.995, 0.5, False, 1000, 10, 0.5, 3.0),
-    "cube-quadruple-play": DomainSettings(1024, True, 5, 0.995, 0.5, False, 1000, 100, 1.0, 1.0),
-    "cube-single-play": DomainSettings(512, False, 5, 0.995, 0.5, False, 200, 1, 1.0, 1.0),
+    "antmaze-large-navigate": DomainSettings(512, False, 1, 0.995, 0.5, False, 1000, 1, 1.0, 10.0, 0.5, 0.3),
+    "antmaze-giant-navigate": DomainSettings(1024, True, 1, 0.995, 0.5, False, 1000, 10, 1.0, 3.0, 0.5, 0.3),
+    "humanoidmaze-medium-navigate": DomainSettings(512, False, 1, 0.999, 0.0, False, 2000, 1, 1.0, 3.0, 0.5, 0.3),
+    "humanoidmaze-large-navigate": DomainSettings(512, False, 1, 0.999, 0.0, False, 2000, 1, 1.0, 3.0, 0.5, 0.3),
+    "scene-play": DomainSettings(512, False, 5, 0.995, 0.5, True, 750, 1, 1.0, 1.0, 0.5, 0.3),
+    "puzzle-3x3-play": DomainSettings(512, False, 5, 0.995, 0.5, True, 500, 1, 1.0, 3.0, 0.5, 0.3),
+    "puzzle-4x4-play": DomainSettings(1024, True, 5, 0.995, 0.5, True, 500, 10, 1.0, 30.0, 0.5, 0.3),
+    "cube-double-play": DomainSettings(512, False, 5, 0.995, 0.5, False, 500, 1, 1.0, 1.0, 0.5, 0.0),
+    "cube-triple-play": DomainSettings(1024, True, 5, 0.995, 0.5, False, 1000, 10, 0.5, 3.0, 0.5, 0.3),
+    "cube-quadruple-play": DomainSettings(1024, True, 5, 0.995, 0.5, False, 1000, 100, 1.0, 1.0, 0.5, 0.3),
+    "cube-single-play": DomainSettings(512, False, 5, 0.995, 0.5, False, 200, 1, 1.0, 1.0, 0.5, 0.0),
 }
 
 # The 50 tasks of the protocol: 10 domains x task1..task5.

@@ -16,7 +16,7 @@ def get_config():
     config.env_name = "cube-double-play-singletask-task2-v0"  # OGBench single-task env id, or a domain (its tasks).
     config.suite = ""  # "ogbench50" runs all 50 tasks (then env_name is ignored); "" runs env_name.
     config.tasks = ""  # with a domain as env_name: the tasks to train, e.g. "1,3"; "": all five.
-    config.method = "trqam"  # "trqam", "qam" or "bc" (BC only: pretraining, then evaluation).
+    config.method = "trqam"  # "trqam", "qam", "sqam" or "bc" (BC only: pretraining, then evaluation).
     config.seed = 0  # base seed; seed i of the run is seed + i.
     config.matmul_precision = "default"  # jax_default_matmul_precision; "default" as the reference runs.
     config.num_seeds = 4  # seeds trained in parallel, vmapped inside one program.
@@ -55,6 +55,7 @@ def get_config():
     config.sweep = config_dict.ConfigDict()  # a budget axis: one run dir per value, all in one program.
     config.sweep.kl_budget = ""  # TRQAM eps values, e.g. "0.25,0.5,1.0"; "": agent.kl_budget alone.
     config.sweep.inv_temp = ""  # QAM inverse temperatures, e.g. "1,3,10"; "": agent.inv_temp alone.
+    config.sweep.gap_reg_coef = ""  # SQAM value-penalty coefficients, e.g. "0,0.3"; crossed with sweep.kl_budget.
 
     config.agent = config_dict.ConfigDict()  # the update's hyperparameters (trqam_jax.agent.AgentConfig).
     config.agent.width = placeholder(int)  # hidden width (4 layers); None: domain table.
@@ -64,8 +65,10 @@ def get_config():
     config.agent.discount = placeholder(float)  # gamma; None: domain table.
     config.agent.rho = placeholder(float)  # critic-target pessimism; None: domain table.
     config.agent.sparse = placeholder(bool)  # sparse-reward option; None: domain table.
-    config.agent.kl_budget = placeholder(float)  # TRQAM eps; None: domain table.
+    config.agent.kl_budget = placeholder(float)  # TRQAM / SQAM eps; None: domain table (per method).
     config.agent.inv_temp = placeholder(float)  # QAM inverse temperature; None: domain table.
+    config.agent.gap_reg_coef = placeholder(float)  # SQAM value-penalty coefficient c; None: domain table.
+    config.agent.n_bridge = placeholder(int)  # SQAM bridge states per example, M; None: 10 (the reference).
     config.agent.num_critics = 10  # critic ensemble size.
     config.agent.flow_steps = 10  # K, flow integration steps.
     config.agent.tau = 0.005  # EMA rate of the target critic and actor_ref.
