@@ -46,7 +46,7 @@ except Exception as e:  # a typo in a field, a bad value or a missing file: the 
 flags.DEFINE_string("env_name", None, "OGBench single-task env id, or a domain such as cube-double-play to train "
                     "its tasks in one program (overrides config.env_name).")
 flags.DEFINE_string("tasks", None, "With a domain as --env_name: the tasks to train, e.g. 1,3 (overrides config.tasks).")
-flags.DEFINE_enum("method", None, ["trqam", "qam", "bc"], "Method (overrides config.method).")
+flags.DEFINE_enum("method", None, ["trqam", "qam", "sqam", "bc"], "Method (overrides config.method).")
 flags.DEFINE_integer("seed", None, "Base seed; seed i of the run is seed + i (overrides config.seed).")
 flags.DEFINE_integer("num_seeds", None, "Seeds trained in parallel (overrides config.num_seeds).")
 flags.DEFINE_integer("bc_steps", None, "BC pretraining steps (overrides config.bc_steps).")
