@@ -4,7 +4,9 @@ Evaluation runs S seeds x E episodes in one `gymnasium.vector` env of S*E OGBenc
 (sub-env index = s * E + e): seed s's policy acts on its own E envs, every env plays exactly one
 episode, and action chunks of length H run open-loop (H env steps per policy call, the last chunk cut
 by the episode end). Success is the `success` flag in the info of an episode's final step. To bound
-memory (about 150 MB per env), the E episodes can run in rounds of E_r on S*E_r envs.
+memory, the E episodes can run in rounds of E_r on S*E_r envs: an env costs about 150 MB in-process
+(sync; the first one about 310 MB) and an async worker process about 390 MB (`ENV_WORKER_MB`, measured
+in `experiments.env_workers`).
 
 Online RL keeps one env per seed (`OnlineEnvs`) and yields single-step transitions in the dataset
 convention (conventions §9), ready for a per-seed replay buffer.
@@ -16,11 +18,12 @@ the episode terminates (terminated=True) on the step taken from a solved state, 
 mask_t = 1 - terminated_t = 1 - success(s_t).
 
 Evaluation beside training: `BackgroundEvaluator` keeps one `Evaluator` (async by default, sized to
-the free CPU cores) and runs submitted evaluations on a background thread, in submission order, while
-the caller keeps training. The worker processes of async vector envs die with their parent process,
+the free CPU cores and memory) and runs submitted evaluations on a background thread, in submission
+order, while the caller keeps training. The worker processes of async vector envs die with their parent process,
 kill -9 included (Linux: prctl PR_SET_PDEATHSIG).
 
-This module imports JAX lazily, so the env worker processes of an async vector env do not load it.
+This module imports JAX lazily. The env worker processes of an async vector env never load it: they
+import only `experiments.env_workers` (the env factory), never the launcher's main module.
 
 Speed benchmark: `python -m experiments.evaluation --benchmark` (see `--help`); with `--workers` it
 prints env steps/s against the number of async worker processes.
@@ -35,12 +38,25 @@ import gc
 import os
 import threading
 import time
-import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import gymnasium
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from experiments.env_workers import (
+    ENV_WORKER_MB,
+    children_skip_main,
+    die_with_owner,
+    gym_env_id,
+    make_env,
+    make_worker_env,
+    mem_available_mb,
+    owner_alive,
+    process_start_time,
+    release_free_heap,
+    workers_that_fit,
+)
 
 VECTORIZATIONS = ('sync', 'async')
 # Workers of an async vector env start with 'forkserver' by default: forking a process that runs JAX
@@ -52,98 +68,22 @@ DEFAULT_ASYNC_CONTEXT = 'forkserver'
 # Env construction.
 
 
-def _gym_env_id(env_name: str) -> str:
-    """The gymnasium id behind an OGBench dataset-style name (the parse of `ogbench.make_env_and_datasets`).
-
-    `cube-double-play-singletask-task2-v0` -> `cube-double-singletask-task2-v0`.
-    """
-    splits = env_name.split('-')
-    if 'singletask' in splits:
-        pos = splits.index('singletask')
-        return '-'.join(splits[: pos - 1] + splits[pos:])
-    if 'oraclerep' in splits:
-        return '-'.join(splits[:-3] + splits[-1:])
-    return '-'.join(splits[:-2] + splits[-1:])
-
-
 def episode_steps(env_name: str) -> int:
     """The env's own time limit (eval episode length): cube-single 200, cube-double 500, scene 750, ..."""
     import ogbench  # noqa: F401  (registers the OGBench ids)
 
-    steps = gymnasium.spec(_gym_env_id(env_name)).max_episode_steps
+    steps = gymnasium.spec(gym_env_id(env_name)).max_episode_steps
     if steps is None:
         raise ValueError(f'{env_name} has no time limit; pass max_episode_steps.')
     return int(steps)
 
 
-def make_env(env_name: str, max_episode_steps: Optional[int] = None) -> gymnasium.Env:
-    """One OGBench env (no dataset files, no network). `max_episode_steps` overrides the time limit."""
-    import ogbench
-
-    kwargs = {} if max_episode_steps is None else {'max_episode_steps': int(max_episode_steps)}
-    with warnings.catch_warnings():
-        # mujoco's glfw complains about the missing DISPLAY; gymnasium about float64 Box bounds.
-        warnings.simplefilter('ignore')
-        return ogbench.make_env_and_datasets(env_name, env_only=True, **kwargs)
-
-
-def _process_start_time(pid: int) -> Optional[int]:
-    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None if it is gone
-    or a zombie. With the pid, it names a process uniquely (pids are reused, start times are not)."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            fields = f.read().rsplit(')', 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ('Z', 'X') else int(fields[19])
-
-
-def _owner_alive(owner_pid: int, owner_start: Optional[int]) -> bool:
-    if owner_start is None:  # no /proc: fall back on the pid alone
-        from experiments.make_dataset import _pid_alive
-
-        return _pid_alive(owner_pid)
-    return _process_start_time(owner_pid) == owner_start
-
-
-def _die_with_owner(owner_pid: int, owner_start: Optional[int], poll_seconds: float = 0.2) -> None:
-    """In an env worker process: end this process when the owner (the process that built the vector
-    env) dies, kill -9 included.
-
-    `make_dataset._die_with_parent` arms PDEATHSIG (SIGKILL from the kernel when the parent dies) and
-    watches the parent pid. That suffices for the 'fork' and 'spawn' contexts, where the parent is the
-    owner. With 'forkserver' the parent is the forkserver, which outlives the owner (every worker holds
-    its liveness pipe), so a daemon thread also watches the owner itself. An idle worker also ends on
-    its own when the owner's pipe end closes, unless another process (e.g. a forked child of the owner)
-    still holds it.
-    """
-    from experiments.make_dataset import _die_with_parent
-
-    _die_with_parent(os.getppid())
-    if os.getppid() == owner_pid:
-        return
-    if not _owner_alive(owner_pid, owner_start):  # died before we started watching
-        os._exit(1)
-
-    def watch() -> None:
-        while _owner_alive(owner_pid, owner_start):
-            time.sleep(poll_seconds)
-        os._exit(1)
-
-    threading.Thread(target=watch, name='owner-watchdog', daemon=True).start()
-
-
-def _make_worker_env(
-    env_name: str, max_episode_steps: Optional[int], owner_pid: int, owner_start: Optional[int] = None
-) -> gymnasium.Env:
-    """The env factory of async vector envs: in a worker process, first tie the worker's life to the
-    owner's (see `_die_with_owner`), then build the env."""
-    if os.getpid() != owner_pid:
-        _die_with_owner(owner_pid, owner_start)
-        # The launcher silences these in its own process; a worker starts with default filters.
-        warnings.filterwarnings('ignore', message='.*precision lowered by casting.*')  # ogbench's Box spaces
-        warnings.filterwarnings('ignore', message='.*DISPLAY environment variable.*')  # glfw without a screen
-    return make_env(env_name, max_episode_steps)
+# The factory and the death ties live in a module that never imports jax (the worker processes import it).
+_gym_env_id = gym_env_id
+_process_start_time = process_start_time
+_owner_alive = owner_alive
+_die_with_owner = die_with_owner
+_make_worker_env = make_worker_env
 
 
 def make_vector_env(
@@ -165,9 +105,13 @@ def make_vector_env(
         env_fns = [functools.partial(make_env, env_name, max_episode_steps)] * num_envs
         return SyncVectorEnv(env_fns, autoreset_mode=autoreset_mode)
     if vectorization == 'async':
-        owner = (os.getpid(), _process_start_time(os.getpid()))
-        env_fns = [functools.partial(_make_worker_env, env_name, max_episode_steps, *owner)] * num_envs
-        return AsyncVectorEnv(env_fns, context=context, autoreset_mode=autoreset_mode)
+        owner = (os.getpid(), process_start_time(os.getpid()))
+        env_fns = [functools.partial(make_worker_env, env_name, max_episode_steps, *owner)] * num_envs
+        # The workers import experiments.env_workers (no jax), not the launcher's main module.
+        with children_skip_main():
+            envs = AsyncVectorEnv(env_fns, context=context, autoreset_mode=autoreset_mode)
+        release_free_heap()  # gymnasium built (and dropped) one env here to read the spaces
+        return envs
     raise ValueError(f'vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}.')
 
 
@@ -238,7 +182,8 @@ class Evaluator:
 
     By default all S*E episodes run at once on S*E envs. `episodes_per_round` = E_r (a divisor of E)
     builds only S*E_r envs and plays the E episodes in E / E_r rounds: an OGBench manipulation env
-    holds about 150 MB (meshes, textures), so 4 seeds x 50 episodes at once would need about 30 GB.
+    holds about 150 MB in-process (meshes, textures) and an async worker process about 390 MB (see
+    `experiments.env_workers`), so 4 seeds x 50 episodes at once would need 30 to 78 GB.
     Results do not depend on E_r except through the policy's key stream (see `run`).
     """
 
@@ -430,9 +375,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_num_workers() -> int:
-    """Env worker processes for background evaluation: every core but one (kept for training)."""
-    return max(1, available_cpus() - 1)
+def default_num_workers(cpus: Optional[int] = None, available_mb: Optional[float] = None) -> int:
+    """Env worker processes for background evaluation: every core but one (kept for training), and no
+    more than fit in half of the free memory (MemAvailable) at `ENV_WORKER_MB` each.
+
+    `cpus` and `available_mb` default to this machine's (`available_cpus()`, `mem_available_mb()`);
+    where the free memory cannot be read, the cores alone decide.
+    """
+    by_cores = max(1, (available_cpus() if cpus is None else int(cpus)) - 1)
+    by_memory = workers_that_fit(mem_available_mb() if available_mb is None else available_mb)
+    return by_cores if by_memory is None else min(by_cores, by_memory)
 
 
 def background_episodes_per_round(num_seeds: int, num_episodes: int, num_workers: int) -> int:
@@ -454,7 +406,7 @@ class BackgroundEvaluator:
     One `Evaluator` is built here (in the calling thread, blocking for the env builds) and reused by
     every evaluation. With vectorization='async' (the default) its S * E_r envs run in S * E_r worker
     processes, E_r = `background_episodes_per_round(S, E, num_workers)`, `num_workers` defaulting to
-    every CPU core but one; the E episodes run in E / E_r rounds, so memory stays bounded.
+    every CPU core but one, within half of the free memory (`default_num_workers`); the E episodes run in E / E_r rounds, so memory stays bounded.
 
     `submit(step, params, seed, key)` copies `params` to host memory (`jax.device_get`) and returns at
     once. A single thread runs the evaluations in submission order, each exactly as
@@ -835,7 +787,7 @@ def _time_evaluator(args: argparse.Namespace, num_seeds: int, num_episodes: int,
         for rep in range(args.repeats):
             result = evaluator.run(act_fn, rep + 1, H)
             times.append(result.wall_time)
-    del evaluator  # free the envs (about 150 MB each) before building the next set
+    del evaluator  # free the envs (150 to 390 MB each) before building the next set
     gc.collect()
     return num_envs, max_steps, build, min(times), result
 

@@ -42,6 +42,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -446,8 +447,18 @@ class _WorkerPool:
             ctx.Process(target=_worker_loop, args=(self._tasks, self._results, os.getpid()), daemon=True)
             for _ in range(num_workers)
         ]
-        for proc in self._procs:
-            proc.start()
+        # Started from the launcher (its auto-generation), the workers would import its main module, and
+        # jax with it: they import this module instead. Run as the main module itself, this module's
+        # functions and tasks are pickled as `__main__.*`, so the workers need it (and it has no jax).
+        if __name__ == '__main__':
+            skip_main = contextlib.nullcontext()
+        else:
+            from experiments.env_workers import children_skip_main
+
+            skip_main = children_skip_main()
+        with skip_main:
+            for proc in self._procs:
+                proc.start()
 
     def run(self, tasks: Sequence[_ChunkTask]) -> Iterator[tuple[_ChunkTask, int]]:
         """Yield results in completion order; raise the first worker error."""

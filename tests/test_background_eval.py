@@ -57,7 +57,8 @@ def test_episodes_per_round_fits_workers():
     assert ev.background_episodes_per_round(2, 10, 3) == 1
     assert ev.background_episodes_per_round(8, 50, 3) == 1  # more seeds than workers: one env each
     assert ev.background_episodes_per_round(2, 2, 100) == 2
-    assert ev.default_num_workers() == max(1, ev.available_cpus() - 1)
+    # Every core but one, within half of the free memory (tests/test_env_workers.py checks the sizing).
+    assert ev.default_num_workers(cpus=ev.available_cpus(), available_mb=1e9) == max(1, ev.available_cpus() - 1)
 
 
 def test_background_matches_blocking_sync():
