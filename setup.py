@@ -19,6 +19,8 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tensorboardX>=2.6",
+        "rliable==1.2.0",  # the report's statistics (IQM, bootstrap CIs, probability of improvement)
+        "pandas<3",  # rliable's arch 7.x does not import with pandas 3
     ],
     extras_require={
         "tensorboard": ["tensorboard>=2.12"],  # to view the logs: tensorboard --logdir runs

@@ -57,6 +57,8 @@ from typing import Optional, Sequence
 import numpy as np
 from absl import app, flags
 
+from experiments import published
+
 PHASES = ("offline", "online")
 # Phases accepted in eval.csv: "bc" marks an evaluation of the BC-pretrained policy (step 0 of
 # fine-tuning), plotted as the start of the curves but never scored.
@@ -64,17 +66,6 @@ EVAL_PHASES = ("bc",) + PHASES
 PHASE_RANK = {"bc": 0, "offline": 1, "online": 2}
 # Standard deviation over seeds: the sample std (ddof=1), as the reference's exp_data/reproduce.py.
 STD_DDOF = 1
-# Published offline success (%) at 1M steps, from the QAM paper's released data (12 seeds, its own
-# protocol), per domain: (QAM, FQL). Shown beside ours for orientation, never computed from runs.
-PUBLISHED_OFFLINE = {
-    "antmaze-large-navigate": (81, 76), "antmaze-giant-navigate": (18, 0),
-    "humanoidmaze-medium-navigate": (67, 68), "humanoidmaze-large-navigate": (11, 9),
-    "scene-play": (97, 79), "puzzle-3x3-play": (100, 70), "puzzle-4x4-play": (0, 5),
-    "cube-double-play": (64, 46), "cube-triple-play": (3, 3), "cube-quadruple-play": (3, 2),
-}
-PUBLISHED_OVERALL = {"QAM (published)": 44, "FQL (published)": 36, "TRQAM (published)": 68}
-PUBLISHED_BEST_QAM_E = 46
-PUBLISHED_COLUMNS = ("QAM (published)", "FQL (published)", "TRQAM (published)")
 # conventions §10's order, then the extra single-task domain used for quick runs.
 DOMAINS = (
     "antmaze-large-navigate", "antmaze-giant-navigate", "humanoidmaze-medium-navigate",
@@ -332,9 +323,9 @@ def domain_key(domain: str):
 
 
 def method_key(method: str):
-    if method in METHOD_ORDER:
-        return (METHOD_ORDER.index(method), "")
-    return (len(METHOD_ORDER), method)
+    """METHOD_ORDER by the name before any sweep suffix (sqam_eps0.5 next to sqam), then by name."""
+    base = method.split("_")[0]
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 # ------------------------------------------------------------------------------------- aggregation
@@ -442,48 +433,237 @@ def aggregate(runs: Sequence[Run], phase: str) -> list[Row]:
     return rows
 
 
+# ------------------------------------------------------------------------------------- statistics
+#
+# The interquartile mean with stratified bootstrap confidence intervals, the probability of
+# improvement and performance profiles (Agarwal et al., "Deep RL at the edge of the statistical
+# precipice", 2021), computed with its library, rliable. A score matrix is (seeds, tasks) of success
+# in [0, 1], one column per task; the bootstrap resamples the seeds of each task with replacement
+# (the tasks are the strata).
+
+BOOTSTRAP_REPS = 2000
+POI_REPS = 500
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A point estimate and its CONFIDENCE bootstrap interval (IQM in percent; probabilities in [0, 1])."""
+    estimate: float
+    low: float
+    high: float
+    num_tasks: int
+    num_seeds: int  # for a probability of improvement: 'seeds of X / seeds of Y' in notes instead
+    notes: str = ""
+
+
+def _rliable():
+    """rliable's library and metrics modules; the bootstrap's RandomState deprecation notice hidden."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from rliable import library, metrics
+    return library, metrics
+
+
+def _quiet(fn, *args, **kwargs):
+    import warnings
+
+    with warnings.catch_warnings():
+        # arch (rliable's bootstrap) announces a change of its random_state argument; rliable passes it.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*random_state.*")
+        return fn(*args, **kwargs)
+
+
+def score_matrix(task_rows: Sequence[Row], seeds) -> np.ndarray:
+    """(seeds, tasks) success in [0, 1] of the task rows, for the given seeds."""
+    return np.array([[dict(r.per_seed)[s] for r in task_rows] for s in sorted(seeds)], dtype=np.float64)
+
+
+def _aggregate_members(rows: Sequence[Row]) -> dict:
+    """(level, name, method, phase) of every domain and overall row with seeds -> (task rows, seeds)."""
+    tasks = collections.defaultdict(list)
+    for r in rows:
+        if r.level == "task":
+            tasks[(r.method, r.phase, r.domain)].append(r)
+    out = {}
+    for r in rows:
+        if r.level not in ("domain", "overall") or not r.num_seeds:
+            continue
+        domains = [r.name] if r.level == "domain" else list(r.members)
+        members = [t for d in domains for t in tasks[(r.method, r.phase, d)]]
+        out[(r.level, r.name, r.method, r.phase)] = (members, [s for s, _ in r.per_seed])
+    return out
+
+
+def iqm_intervals(rows: Sequence[Row], reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED) -> dict:
+    """(level, name, method, phase) -> Interval of the IQM (percent) over the tasks x seeds of each
+    domain and overall row: its tasks, and the seeds its mean ± std is over. Each estimate has its own
+    RandomState(seed), so it does not depend on which other rows are present."""
+    library, metrics = _rliable()
+    out = {}
+    for key, (members, seeds) in _aggregate_members(rows).items():
+        scores = score_matrix(members, seeds)
+        point, interval = _quiet(
+            library.get_interval_estimates, {"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]),
+            reps=reps, confidence_interval_size=CONFIDENCE, random_state=np.random.RandomState(seed))
+        out[key] = Interval(100 * float(point["x"][0]), 100 * float(interval["x"][0, 0]),
+                            100 * float(interval["x"][1, 0]), scores.shape[1], scores.shape[0])
+    return out
+
+
+def _method_matrix(task_rows: Sequence[Row]) -> Optional[tuple[np.ndarray, list]]:
+    seeds = set.intersection(*({s for s, _ in r.per_seed} for r in task_rows)) if task_rows else set()
+    return (score_matrix(task_rows, seeds), sorted(seeds)) if seeds else None
+
+
+def improvement(rows: Sequence[Row], reps: int = POI_REPS, seed: int = BOOTSTRAP_SEED) -> list:
+    """[(x, y, phase, Interval of P(X > Y))] for every pair of methods with tasks in common, x before y
+    in method order. P(X > Y) is, averaged over the common tasks, the probability that a seed of X
+    scores higher than a seed of Y on that task (ties count one half); each method over the seeds
+    common to those tasks."""
+    library, metrics = _rliable()
+    by = collections.defaultdict(dict)
+    for r in rows:
+        if r.level == "task":
+            by[(r.method, r.phase)][r.name] = r
+    methods = sorted({r.method for r in rows}, key=method_key)
+    out = []
+    for phase in PHASES:
+        for i, x in enumerate(methods):
+            for y in methods[i + 1:]:
+                tasks = sorted(set(by[(x, phase)]) & set(by[(y, phase)]))
+                if not tasks:
+                    continue
+                mx = _method_matrix([by[(x, phase)][t] for t in tasks])
+                my = _method_matrix([by[(y, phase)][t] for t in tasks])
+                if mx is None or my is None:
+                    continue
+                poi = lambda a, b: np.array([metrics.probability_of_improvement(a, b)])
+                point, interval = _quiet(
+                    library.get_interval_estimates, {"x": [mx[0], my[0]]}, poi, reps=reps,
+                    confidence_interval_size=CONFIDENCE, random_state=np.random.RandomState(seed))
+                out.append((x, y, phase, Interval(
+                    float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0]), len(tasks),
+                    0, notes=f"{len(mx[1])} seeds of {x}, {len(my[1])} of {y}")))
+    return out
+
+
+def write_improvement_csv(pairs: Sequence, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["x", "y", "phase", "probability_x_beats_y", "ci_low", "ci_high", "num_tasks", "seeds"])
+        for x, y, phase, iv in pairs:
+            writer.writerow([x, y, phase, repr(iv.estimate), repr(iv.low), repr(iv.high), iv.num_tasks, iv.notes])
+
+
+def performance_profiles(rows: Sequence[Row], phase: str, reps: int = BOOTSTRAP_REPS,
+                         seed: int = BOOTSTRAP_SEED, taus=None) -> tuple:
+    """(taus, {method: (profile, ci (2, taus), num_tasks, num_seeds)}): per method, the fraction of
+    its (task, seed) runs whose success exceeds tau, over the tasks and seeds of its overall row."""
+    library, _ = _rliable()
+    taus = np.linspace(0.0, 1.0, 51) if taus is None else np.asarray(taus)
+    out = {}
+    for (level, _, method, row_phase), (members, seeds) in _aggregate_members(rows).items():
+        if level != "overall" or row_phase != phase:
+            continue
+        scores = score_matrix(members, seeds)
+        np.random.seed(seed)  # create_performance_profile draws from numpy's global generator
+        profiles, cis = _quiet(library.create_performance_profile, {"x": scores}, taus, reps=reps,
+                               confidence_interval_size=CONFIDENCE)
+        out[method] = (profiles["x"], np.asarray(cis["x"]), scores.shape[1], scores.shape[0])
+    return taus, dict(sorted(out.items(), key=lambda kv: method_key(kv[0])))
+
+
+# ------------------------------------------------------------------------------------ csv output
+
 CSV_FIELDS = ("level", "name", "method", "phase", "mean", f"std_ddof{STD_DDOF}", "num_seeds",
-              "num_tasks", "domain", "seeds", "final_steps", "status", "notes")
+              "num_tasks", "domain", "seeds", "final_steps", "status", "notes", "iqm", "iqm_ci_low",
+              "iqm_ci_high")
 
 
 def _status(r: Row) -> str:
-    if r.level == "published":
-        return "published"
+    if r.level in ("published", "released"):
+        return r.level
     if r.level == "task":
         return f"unfinished: {r.progress}" if r.progress else "final"
     return f"includes unfinished: {', '.join(r.unfinished)}" if r.unfinished else "final"
 
 
-def published_rows(rows: Sequence[Row]) -> list[Row]:
-    """The published reference figures for the domains present in `rows` (offline), and overall."""
-    domains = sorted({r.name for r in rows if r.level == "domain"} & set(PUBLISHED_OFFLINE), key=domain_key)
-    note = ("published figure (QAM paper's released data, 12 seeds, its own protocol), "
-            "not computed from these runs")
+def paper_columns(methods: Sequence[str]) -> list[str]:
+    """The paper's methods shown: those of the run methods, and TRQAM, in the paper's order."""
+    wanted = {published.paper_method(m) for m in methods} | {"TRQAM"}
+    return [m for m in published.PAPER_METHODS if m in wanted]
+
+
+def _domain_tasks(domain: str) -> list[str]:
+    return [f"{domain}-singletask-task{i}-v0" for i in range(1, TASKS_PER_DOMAIN + 1)]
+
+
+def published_rows(rows: Sequence[Row], released: Optional[published.Released] = None) -> list[Row]:
+    """Figures not computed from these runs, for the domains (tasks) present in `rows`, and overall:
+    level 'published', the TRQAM paper's table (method 'TRQAM (paper)'), for the paper methods of the
+    run methods and TRQAM; level 'released', the released results file's 1M (offline) and 1.5M
+    (online) scores, per task, domain and overall, for every method it holds."""
+    methods = sorted({r.method for r in rows}, key=method_key)
+    domains = sorted({r.name for r in rows if r.level == "domain"}, key=domain_key)
+    has_overall = any(r.level == "overall" for r in rows)
     out = []
-    for domain in domains:
-        for method, value in zip(PUBLISHED_COLUMNS, PUBLISHED_OFFLINE[domain]):
-            out.append(Row("published", domain, method, "offline", float(value), math.nan, 0, TASKS_PER_DOMAIN,
-                           domain=domain, notes=(note,)))
-    if any(r.level == "overall" for r in rows):
-        for method, value in PUBLISHED_OVERALL.items():
-            extra = (" (TRQAM paper)" if method.startswith("TRQAM") else
-                     f"; best published variant QAM-E {PUBLISHED_BEST_QAM_E}" if method.startswith("QAM") else "")
-            out.append(Row("published", "overall", method, "offline", float(value), math.nan, 0,
-                           TASKS_PER_DOMAIN * len(PUBLISHED_OFFLINE), notes=(note + extra + "; over all 10 domains",)))
+    note = f"published figure, not computed from these runs: {published.PAPER_SOURCE}"
+    for method in paper_columns(methods):
+        for domain in domains:
+            if domain in published.PAPER_TABLE[method]:
+                mean, std = published.PAPER_TABLE[method][domain]
+                out.append(Row("published", domain, f"{method} (paper)", "offline", float(mean), float(std),
+                               published.PAPER_SEEDS, TASKS_PER_DOMAIN, domain=domain, notes=(note,)))
+        if has_overall:
+            out.append(Row("published", "overall", f"{method} (paper)", "offline",
+                           float(published.PAPER_OVERALL[method]), math.nan, published.PAPER_SEEDS,
+                           TASKS_PER_DOMAIN * len(published.PAPER_DOMAINS), num_domains=len(published.PAPER_DOMAINS),
+                           notes=(note + "; the mean of the 10 rounded domain means",)))
+    if released is None:
+        return out
+    note = f"released results file {released.path} ({released.describe()}), not computed from these runs"
+    tasks = sorted({(r.domain, r.task, r.name) for r in rows if r.level == "task"},
+                   key=lambda t: (domain_key(t[0]), t[1]))
+    for method in released.methods:
+        for phase in PHASES:
+            step = "1M" if phase == "offline" else "1.5M"
+            label = f"{method} {step} (released)"
+            for domain, task, name in tasks:
+                score = released.score(name, method, phase)
+                if score:
+                    out.append(Row("released", name, label, phase, *score, released.seeds, 1, domain=domain,
+                                   task=task, notes=(note,)))
+            for domain in domains:
+                score = released.score(domain, method, phase, _domain_tasks(domain))
+                if score:
+                    out.append(Row("released", domain, label, phase, *score, released.seeds, TASKS_PER_DOMAIN,
+                                   domain=domain, notes=(note,)))
+            score = released.score("all", method, phase)
+            if has_overall and score:
+                out.append(Row("released", "overall", label, phase, *score, released.seeds, 0, notes=(note,)))
     return out
 
 
-def write_csv(rows: Sequence[Row], path: str) -> None:
-    """One row per score; the std column's name states its ddof. Published reference figures come
-    last, with level 'published' and no std."""
+def write_csv(rows: Sequence[Row], path: str, released=None, iqm: Optional[dict] = None) -> None:
+    """One row per score; the std column's name states its ddof. Figures not computed from the runs
+    come last (level 'published': the paper's table; 'released': the released results file). Domain
+    and overall rows carry the IQM and its bootstrap CI (percent) when `iqm` is given."""
+    iqm = iqm or {}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_FIELDS)
-        for r in list(rows) + published_rows(rows):
+        for r in list(rows) + published_rows(rows, released):
+            iv = iqm.get((r.level, r.name, r.method, r.phase))
             writer.writerow([r.level, r.name, r.method, r.phase, repr(r.mean), repr(r.std),
                              r.num_seeds, r.num_tasks, r.domain,
                              " ".join(str(s) for s, _ in r.per_seed),
-                             " ".join(map(str, r.final_steps)), _status(r), " | ".join(r.notes)])
+                             " ".join(map(str, r.final_steps)), _status(r), " | ".join(r.notes),
+                             *((repr(iv.estimate), repr(iv.low), repr(iv.high)) if iv else ("", "", ""))])
 
 
 # ---------------------------------------------------------------------------------------- markdown
@@ -511,16 +691,47 @@ def _step_notes(rows: Sequence[Row]) -> list[str]:
     return notes
 
 
-def to_markdown(rows: Sequence[Row]) -> str:
-    """Markdown table: tasks grouped under domains, then domain means, then overall; one column per
-    method and phase (online only for methods with online scores). Notes are numbered below."""
-    methods = sorted({r.method for r in rows}, key=method_key)
+def _columns(rows: Sequence[Row], released) -> list[tuple]:
+    """('run', method, phase) per method and phase present, each paper method's ('paper', M) right
+    after the last run method it belongs to (TRQAM's after the run columns when no run is TRQAM), then
+    ('released', M, phase) for every method of the released file."""
+    methods = sorted({r.method for r in rows if r.level in ("task", "domain", "overall")}, key=method_key)
     present = {(r.method, r.phase) for r in rows}
-    columns = [(m, p) for m in methods for p in PHASES if (m, p) in present]
+    paper = paper_columns(methods)
+    last = {}
+    for m in methods:
+        if published.paper_method(m) in paper:
+            last[published.paper_method(m)] = m
+    columns = []
+    for m in methods:
+        columns += [("run", m, p) for p in PHASES if (m, p) in present]
+        columns += [("paper", pm) for pm in paper if last.get(pm) == m]
+    columns += [("paper", pm) for pm in paper if pm not in last]
+    if released is not None:
+        columns += [("released", pm, p) for pm in released.methods for p in PHASES]
+    return columns
+
+
+def _header(column) -> str:
+    if column[0] == "run":
+        return f"{column[1]} {column[2]}"
+    if column[0] == "paper":
+        return f"{column[1]} (paper)"
+    return f"{column[1]} {'1M' if column[2] == 'offline' else '1.5M'} (released)"
+
+
+def to_markdown(rows: Sequence[Row], released: Optional[published.Released] = None,
+                iqm: Optional[dict] = None, pairs: Optional[Sequence] = None,
+                iqm_info: str = "", poi_info: str = "") -> str:
+    """Markdown: the table (tasks grouped under domains, then domain means, then overall; one column
+    per method and phase, the paper's figures beside their methods, the released file's columns
+    last), the IQM table, the probabilities of improvement, and the paper-layout table."""
+    columns = _columns(rows, released)
     cells = {(r.level, r.name, r.method, r.phase): r for r in rows}
+    extra = {(r.level, r.name, r.method, r.phase): r for r in published_rows(rows, released)}
     notes: list[str] = []
 
-    def cell(level, name, method, phase):
+    def run_cell(level, name, method, phase):
         r = cells.get((level, name, method, phase))
         if r is None:
             return "–"
@@ -528,9 +739,9 @@ def to_markdown(rows: Sequence[Row]) -> str:
         if level == "domain" and r.num_tasks != TASKS_PER_DOMAIN:
             text += f" ({r.num_tasks}/{TASKS_PER_DOMAIN} tasks)"
         if level == "overall" and set(r.members) != set(DOMAINS):
-            extra = [d for d in r.members if d not in DOMAINS]
-            text += (f" ({r.num_domains}/{len(DOMAINS)} domains)" if not extra else
-                     f" ({r.num_domains} domains, incl. {', '.join(extra)})")
+            outside = [d for d in r.members if d not in DOMAINS]
+            text += (f" ({r.num_domains}/{len(DOMAINS)} domains)" if not outside else
+                     f" ({r.num_domains} domains, incl. {', '.join(outside)})")
         if r.progress:
             text += f" (unfinished: {r.progress})"
         elif r.unfinished:
@@ -542,24 +753,24 @@ def to_markdown(rows: Sequence[Row]) -> str:
             text += f" [{len(notes)}]"
         return text
 
-    published = {(r.name, r.method): r.mean for r in published_rows(rows)}
-    show_published = bool(published)
-
-    def published_cells(level, name):
-        if not show_published:
-            return []
-        return [f"{published[(name, m)]:.0f}" if level in ("domain", "overall") and (name, m) in published
-                else "–" for m in PUBLISHED_COLUMNS]
+    def cell(column, level, name):
+        if column[0] == "run":
+            return run_cell(level, name, column[1], column[2])
+        if column[0] == "paper":
+            r = extra.get(("published", name, f"{column[1]} (paper)", "offline"))
+            if r is None:
+                return "–"
+            return f"{r.mean:.0f}" if math.isnan(r.std) else f"{r.mean:.0f} ± {r.std:.0f}"
+        r = extra.get(("released", name, _header(column), column[2]))
+        return "–" if r is None else format_score(r.mean, r.std)
 
     def line(label, level, name):
-        return "| " + " | ".join([label] + [cell(level, name, m, p) for m, p in columns]
-                                 + published_cells(level, name)) + " |"
+        return "| " + " | ".join([label] + [cell(c, level, name) for c in columns]) + " |"
 
     domains = sorted({r.domain for r in rows if r.level == "domain"}, key=domain_key)
     tasks = sorted({(r.domain, r.task, r.name) for r in rows if r.level == "task"},
                    key=lambda t: (domain_key(t[0]), t[1], t[2]))
     seeds = sorted({r.num_seeds for r in rows if r.level == "task"})
-    ncols = len(columns) + (len(PUBLISHED_COLUMNS) if show_published else 0)
     out = [
         f"Success rate (%), mean ± std over seeds (sample std, ddof={STD_DDOF}, as the reference's "
         "exp_data/reproduce.py). Offline: each seed's "
@@ -569,11 +780,10 @@ def to_markdown(rows: Sequence[Row]) -> str:
         "over seeds. "
         f"Seeds per task: {', '.join(map(str, seeds))}.",
         "",
-        "| task | " + " | ".join([f"{m} {p}" for m, p in columns]
-                                 + (list(PUBLISHED_COLUMNS) if show_published else [])) + " |",
-        "|---|" + "---|" * ncols,
+        "| task | " + " | ".join(_header(c) for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
-    blank = " |" * ncols
+    blank = " |" * len(columns)
     for domain in domains:
         out.append(f"| **{domain}** |" + blank)
         for d, task, name in tasks:
@@ -584,14 +794,114 @@ def to_markdown(rows: Sequence[Row]) -> str:
         out.append(line(domain, "domain", domain))
     out.append(line("**overall**", "overall", "overall"))
     notes.extend(_step_notes(rows))
-    if show_published:
-        out += ["", "Columns marked (published) are published figures, not computed from these runs: "
-                "offline success (%) at 1M steps from the QAM paper's released data (QAM and FQL, 12 seeds, "
-                "its own protocol, per domain the mean over its 5 tasks; overall over all 10 domains, best "
-                f"variant QAM-E {PUBLISHED_BEST_QAM_E}), and TRQAM's reported overall."]
+    out += ["", f"Columns marked (paper) are published figures, not computed from these runs: "
+            f"{published.PAPER_SOURCE}; per domain the mean of its 5 tasks, overall the mean of all 10 "
+            "domains (the paper gives no per-task figures). " + published.QAM_RELEASE_FOOTNOTE]
+    outside = [d for d in domains if d not in published.PAPER_DOMAINS]
+    if outside:
+        out[-1] += (f" {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} not among the paper's 10 "
+                    "domains: no paper figure.")
+    if released is not None:
+        out += ["", f"Columns marked (released) are from the authors' released results file {released.path} "
+                f"({released.describe()}): mean ± std (ddof={STD_DDOF}) over its {released.seeds} seeds at 1M "
+                "steps (offline) and 1.5M (online: 1M offline steps then 500K env steps); a domain is its "
+                "own entry (else the per-seed mean of its 5 tasks), overall the file's 'all' entry."]
     if notes:
         out += ["", "Notes:"] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    if iqm:
+        out += ["", *iqm_markdown(rows, iqm, iqm_info)]
+    if pairs:
+        out += ["", *improvement_markdown(pairs, poi_info)]
+    out += ["", *paper_layout(rows)]
     return "\n".join(out) + "\n"
+
+
+def iqm_markdown(rows: Sequence[Row], iqm: dict, stats_info: str = "") -> list[str]:
+    """The IQM table: a row per domain and overall, a column per method and phase."""
+    columns = sorted({(k[2], k[3]) for k in iqm}, key=lambda c: (method_key(c[0]), PHASES.index(c[1])))
+    domains = sorted({k[1] for k in iqm if k[0] == "domain"}, key=domain_key)
+
+    def cell(level, name, method, phase):
+        iv = iqm.get((level, name, method, phase))
+        return "–" if iv is None else (f"{iv.estimate:.1f} [{iv.low:.1f}, {iv.high:.1f}] "
+                                       f"({iv.num_tasks}×{iv.num_seeds})")
+
+    out = [f"Interquartile mean (IQM, success %) with its {100 * CONFIDENCE:.0f}% stratified bootstrap "
+           "confidence interval [low, high] over (tasks × seeds), computed with rliable: the mean of the "
+           "middle 50% of all the (task, seed) scores of the domain (overall: of every task present); "
+           f"the bootstrap resamples each task's seeds with replacement{stats_info}.",
+           "", "| IQM | " + " | ".join(f"{m} {p}" for m, p in columns) + " |", "|---|" + "---|" * len(columns)]
+    for level, name in [("domain", d) for d in domains] + [("overall", "overall")]:
+        out.append(f"| {'**overall**' if level == 'overall' else name} | "
+                   + " | ".join(cell(level, name, m, p) for m, p in columns) + " |")
+    return out
+
+
+def improvement_markdown(pairs: Sequence, stats_info: str = "") -> list[str]:
+    out = ["Probability of improvement P(X > Y), computed with rliable: on each task both methods ran, the "
+           "probability that a seed of X scores higher than a seed of Y (ties count one half), averaged "
+           f"over those tasks; 0.5 means neither is better. {100 * CONFIDENCE:.0f}% stratified bootstrap "
+           f"confidence interval{stats_info}. P(Y > X) = 1 − P(X > Y).",
+           "", "| X | Y | phase | P(X > Y) | CI | tasks | seeds |", "|---|---|---|---|---|---|---|"]
+    for x, y, phase, iv in pairs:
+        out.append(f"| {x} | {y} | {phase} | {iv.estimate:.2f} | [{iv.low:.2f}, {iv.high:.2f}] | "
+                   f"{iv.num_tasks} | {iv.notes} |")
+    return out
+
+
+def paper_layout(rows: Sequence[Row]) -> list[str]:
+    """The paper's table layout (domains as columns, methods as rows, best in bold), in Markdown and
+    LaTeX: the paper's rows, then this report's methods, offline, rounded to whole percent. Our
+    'all' cell is shown only when the method has all 10 domains."""
+    ours = sorted({r.method for r in rows if r.level == "domain" and r.phase == "offline"}, key=method_key)
+    extra_domains = sorted({r.name for r in rows if r.level == "domain" and r.name not in published.PAPER_DOMAINS},
+                           key=domain_key)
+    domains = list(published.PAPER_DOMAINS) + extra_domains
+    cells = {(r.level, r.name, r.method): r for r in rows if r.phase == "offline"}
+    table = []  # (label, {column: (mean, std or nan, marker)})
+    for m in published.PAPER_METHODS:
+        row = {d: (*published.PAPER_TABLE[m][d], "") for d in published.PAPER_DOMAINS}
+        row["all"] = (published.PAPER_OVERALL[m], math.nan, "")
+        table.append((m, row))
+    for m in ours:
+        row = {}
+        for d in domains:
+            r = cells.get(("domain", d, m))
+            if r is not None and not math.isnan(r.mean):
+                row[d] = (r.mean, r.std, "" if r.num_tasks == TASKS_PER_DOMAIN else "†")
+        r = cells.get(("overall", "overall", m))
+        if r is not None and set(published.PAPER_DOMAINS) <= set(r.members):
+            row["all"] = (r.mean, math.nan, "")
+        if row:
+            table.append((f"{m} (ours)", row))
+    columns = domains + ["all"]
+    best = {c: max((round(row[c][0]) for _, row in table if c in row), default=None) for c in columns}
+
+    def text(row, c, bold, pm="±"):
+        if c not in row:
+            return "–"
+        mean, std, marker = row[c]
+        value = f"{mean:.0f}" if math.isnan(std) else f"{mean:.0f} {pm} {std:.0f}"
+        return bold(value) + marker if round(mean) == best[c] else value + marker
+
+    short = {d: published.PAPER_SHORT.get(d, d.replace("-play", "")) for d in domains}
+    md = ["Offline success (%) at 1M steps in the TRQAM paper's layout: the paper's rows, then this report's "
+          "methods (mean ± std over seeds, rounded); best per column in bold. † fewer than 5 tasks of the "
+          "domain; 'all' for our methods only with all 10 domains.",
+          "", "| method | " + " | ".join(short[d] for d in domains) + " | all |",
+          "|---|" + "---|" * len(columns)]
+    for label, row in table:
+        md.append(f"| {label} | " + " | ".join(text(row, c, lambda v: f"**{v}**") for c in columns) + " |")
+    tex = ["```latex", "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule",
+           "Method & " + " & ".join(short[d] for d in domains) + " & all \\\\", "\\midrule"]
+    for i, (label, row) in enumerate(table):
+        if i == len(published.PAPER_METHODS) and len(table) > i:
+            tex.append("\\midrule")
+        cells_tex = [text(row, c, lambda v: f"\\textbf{{{v}}}", "$\\pm$").replace("†", "$^\\dagger$")
+                     .replace("–", "--") for c in columns]
+        tex.append(label.replace("_", "\\_") + " & " + " & ".join(cells_tex) + " \\\\")
+    tex += ["\\bottomrule", "\\end{tabular}", "```"]
+    return md + [""] + tex
 
 
 # ---------------------------------------------------------------------------------------- plotting
@@ -668,10 +978,36 @@ def _draw(ax, curves, color=None, label=None, per_seed=True):
                     label="BC policy (step 0)" if per_seed or label is None else None)
 
 
+def _draw_released(ax, released, name: str, method: str, color: str, domain_tasks=None) -> bool:
+    """The released file's curve of (name, method): mean ± std over its seeds, dashed. False if absent."""
+    if released is None:
+        return False
+    values = released.entry(name, method, domain_tasks)
+    if values is None:
+        return False
+    mean, std = 100 * values.mean(1), 100 * _std(values, axis=1)
+    ax.plot(released.steps, mean, lw=1.4, ls="--", color=color, label=f"{method} (released)")
+    if values.shape[1] > 1:
+        ax.fill_between(released.steps, mean - std, mean + std, alpha=0.1, color=color, lw=0)
+    return True
+
+
+def _released_methods(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """(paper method, color) to draw from a released file beside run methods colored C0, C1, ...:
+    each run method's own (its color), and TRQAM's (gray unless a run method is TRQAM)."""
+    out = {}
+    for k, m in enumerate(methods):
+        pm = published.paper_method(m)
+        if pm and pm not in out:
+            out[pm] = f"C{k}"
+    out.setdefault("TRQAM", "0.45")
+    return list(out.items())
+
+
 def kl_budgets(run: Run) -> dict:
     """phase -> the KL budget eps of a TRQAM or SQAM run (task.json), for the phases the run has."""
     spec = run.task_spec or {}
-    if run.method not in ("trqam", "sqam"):
+    if run.method.split("_")[0] not in ("trqam", "sqam"):
         return {}
     out = {}
     for phase in PHASES:
@@ -728,9 +1064,11 @@ def _new_figure(ncols, nrows=1):
     return fig, axes
 
 
-def plot_run(run: Run, path: str) -> None:
+def plot_run(run: Run, path: str, released=None):
     """Success (from the BC policy at step 0 when eval.csv has it), lambda_eff, kl_hat (with the
-    budget eps), critic loss, Q mean and BC loss vs steps: thin per-seed lines, mean +- std band."""
+    budget eps), critic loss, Q mean and BC loss vs steps: thin per-seed lines, mean +- std band.
+    With a released results file, the success panel also shows its curves of the run's method and
+    TRQAM for this task (dashed)."""
     fig, axes = _new_figure(3, -(-len(CURVE_METRICS) // 3))
     boundary = online_boundary(run)
     for ax, (column, ylabel) in zip(axes, CURVE_METRICS):
@@ -741,6 +1079,9 @@ def plot_run(run: Run, path: str) -> None:
         _draw(ax, curves)
         if column == "kl_hat":
             _draw_budget(ax, run, boundary)
+        if column == "success":
+            for method, color in _released_methods([run.method]):
+                _draw_released(ax, released, run.env_name, method, "C1" if color == "C0" else color)
         where = "eval.csv" if column == "success" else "train.csv"
         _finish(ax, f"{column} ({len(curves)} seeds)", ylabel, boundary,
                 None if curves else f"no {column} in {where}")
@@ -749,8 +1090,9 @@ def plot_run(run: Run, path: str) -> None:
     return fig
 
 
-def plot_domain(runs: Sequence[Run], path: str) -> None:
-    """One panel per task and one for the domain mean; methods' mean +- std success overlaid."""
+def plot_domain(runs: Sequence[Run], path: str, released=None):
+    """One panel per task and one for the domain mean; methods' mean +- std success overlaid, and
+    with a released results file, its curves of the run methods and TRQAM (dashed)."""
     domain = runs[0].domain
     tasks = sorted({r.task for r in runs})
     methods = sorted({r.method for r in runs}, key=method_key)
@@ -775,6 +1117,11 @@ def plot_domain(runs: Sequence[Run], path: str) -> None:
         if with_mean:
             _draw(axes[len(tasks)], mean_over_tasks(per_task), color=color,
                   label=f"{method} ({len(per_task)}/{TASKS_PER_DOMAIN} tasks)", per_seed=False)
+    for method, color in _released_methods(methods):
+        for ax, task in zip(axes, tasks):
+            _draw_released(ax, released, f"{domain}-singletask-task{task}-v0", method, color)
+        if with_mean:
+            _draw_released(axes[len(tasks)], released, domain, method, color, _domain_tasks(domain))
     for ax, task in zip(axes, tasks):
         _finish(ax, f"task{task}", "success (%)", boundary)
     if with_mean:
@@ -784,18 +1131,46 @@ def plot_domain(runs: Sequence[Run], path: str) -> None:
     return fig
 
 
-def write_plots(runs: Sequence[Run], curves_dir: str) -> list[str]:
+def plot_profiles(rows: Sequence[Row], phase: str, path: str, reps: int = BOOTSTRAP_REPS,
+                  seed: int = BOOTSTRAP_SEED):
+    """Performance profiles (rliable): per method, the fraction of its (task, seed) runs with success
+    above tau, with the 95% stratified bootstrap band. None when no method has an overall row."""
+    taus, profiles = performance_profiles(rows, phase, reps, seed)
+    if not profiles:
+        return None
+    fig, (ax,) = _new_figure(1)
+    for k, (method, (profile, ci, num_tasks, num_seeds)) in enumerate(profiles.items()):
+        ax.plot(100 * taus, profile, lw=1.8, color=f"C{k}", label=f"{method} ({num_tasks} tasks × {num_seeds} seeds)")
+        ax.fill_between(100 * taus, ci[0], ci[1], alpha=0.2, color=f"C{k}", lw=0)
+    ax.set_xlabel("success τ (%)")
+    ax.set_ylabel("fraction of runs with success > τ")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title(f"performance profile, {phase} (95% stratified bootstrap band)", fontsize=9)
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def write_plots(runs: Sequence[Run], curves_dir: str, released=None, rows: Optional[Sequence[Row]] = None,
+                reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED) -> list[str]:
+    """Per run and per domain PNGs; with `rows`, performance_profile_<phase>.png for each phase
+    with an overall row."""
     os.makedirs(curves_dir, exist_ok=True)
     paths = []
     for run in runs:
         paths.append(os.path.join(curves_dir, f"{run.env_name}__{run.method}.png"))
-        plot_run(run, paths[-1])
+        plot_run(run, paths[-1], released)
     by_domain = collections.defaultdict(list)
     for run in runs:
         by_domain[run.domain].append(run)
     for domain, domain_runs in by_domain.items():
         paths.append(os.path.join(curves_dir, f"{domain}.png"))
-        plot_domain(domain_runs, paths[-1])
+        plot_domain(domain_runs, paths[-1], released)
+    for phase in PHASES if rows else ():
+        path = os.path.join(curves_dir, f"performance_profile_{phase}.png")
+        if plot_profiles(rows, phase, path, reps, seed) is not None:
+            paths.append(path)
     return paths
 
 
@@ -902,25 +1277,56 @@ def export_exp_data(runs: Sequence[Run], out_dir: str) -> list[str]:
 
 # -------------------------------------------------------------------------------------------- main
 
-def make_report(runs_dir: str, out_dir: Optional[str] = None, plots: bool = True,
-                log=None) -> str:
-    """Loads the runs, writes results.csv, results.md, exp_data/ (and curves/), returns the
-    Markdown. `log` (e.g. print) gets a line on where the runs were found and where the files went."""
+def load_reference(path: str) -> published.Released:
+    """The authors' released results file, or a ReportError naming the problem."""
+    try:
+        return published.load_released(os.path.expanduser(path))
+    except published.ReleasedResultsError as e:
+        raise ReportError(f"--reference: {e}") from None
+
+
+def make_report(runs_dir: str, out_dir: Optional[str] = None, plots: bool = True, log=None,
+                reference: Optional[str] = None, stats: bool = True, bootstrap_reps: int = BOOTSTRAP_REPS,
+                poi_reps: int = POI_REPS, bootstrap_seed: int = BOOTSTRAP_SEED) -> str:
+    """Loads the runs, writes results.csv, results.md, improvement.csv, exp_data/ (and curves/),
+    returns the Markdown. `log` (e.g. print) gets a line on where the runs were found, on the
+    released file's layout, and where the files went.
+
+    reference: the authors' released results pickle (trqam-exp-data.pkl), read without running
+      code: per-task published columns (1M and 1.5M) and curves.
+    stats: the rliable statistics (IQM with bootstrap CIs, probability of improvement, performance
+      profiles), with bootstrap_reps (IQM, profiles) and poi_reps (probability of improvement)
+      bootstrap replications from RandomState(bootstrap_seed)."""
+    if bootstrap_reps < 1 or poi_reps < 1:
+        raise ReportError(f"--bootstrap_reps={bootstrap_reps} and --poi_reps={poi_reps} must be at least 1")
+    released = load_reference(reference) if reference else None
     found = find_runs_dir(runs_dir)
     if log is not None and os.path.normpath(found) != os.path.normpath(runs_dir):
         log(f"No runs directly in {runs_dir}; using the runs in {found}.")
+    if log is not None and released is not None:
+        log(f"Released results {released.path}: {released.describe()}; methods {', '.join(released.methods)}.")
     runs = load_runs(found)
     out_dir = out_dir or os.path.join(found, "report")
     os.makedirs(out_dir, exist_ok=True)
     rows = [row for phase in PHASES for row in aggregate(runs, phase)]
-    write_csv(rows, os.path.join(out_dir, "results.csv"))
-    markdown = to_markdown(rows)
+    iqm, pairs = {}, []
+    if stats:
+        iqm = iqm_intervals(rows, bootstrap_reps, bootstrap_seed)
+        pairs = improvement(rows, poi_reps, bootstrap_seed)
+    write_csv(rows, os.path.join(out_dir, "results.csv"), released, iqm)
+    markdown = to_markdown(rows, released, iqm, pairs, f" ({bootstrap_reps} replications, seed {bootstrap_seed})",
+                           f" ({poi_reps} replications, seed {bootstrap_seed})")
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown)
+    written = ["results.md", "results.csv"]
+    if stats:
+        write_improvement_csv(pairs, os.path.join(out_dir, "improvement.csv"))
+        written.append("improvement.csv")
     export_exp_data(runs, os.path.join(out_dir, "exp_data"))
-    written = ["results.md", "results.csv", f"exp_data/{EXP_DATA_FILE}"]
+    written.append(f"exp_data/{EXP_DATA_FILE}")
     if plots:
-        n = len(write_plots(runs, os.path.join(out_dir, "curves")))
+        n = len(write_plots(runs, os.path.join(out_dir, "curves"), released, rows if stats else None,
+                            bootstrap_reps, bootstrap_seed))
         written.append(f"curves/ ({n} PNGs)")
     if log is not None:
         log(f"Wrote {', '.join(written)} to {os.path.abspath(out_dir)}")
@@ -930,6 +1336,13 @@ def make_report(runs_dir: str, out_dir: Optional[str] = None, plots: bool = True
 flags.DEFINE_string("runs_dir", None, "Directory of run directories <env_name>/<method>/.")
 flags.DEFINE_string("out_dir", None, "Output directory (default: <runs_dir>/report).")
 flags.DEFINE_bool("plots", True, "Write the learning-curve PNGs.")
+flags.DEFINE_string("reference", None, "The authors' released results pickle (e.g. trqam-exp-data.pkl): adds "
+                    "per-task published columns at 1M and 1.5M steps and published curves.")
+flags.DEFINE_bool("stats", True, "IQM with bootstrap CIs, probability of improvement and performance profiles "
+                  "(rliable).")
+flags.DEFINE_integer("bootstrap_reps", BOOTSTRAP_REPS, "Bootstrap replications for the IQM CIs and profiles.")
+flags.DEFINE_integer("poi_reps", POI_REPS, "Bootstrap replications for the probability-of-improvement CIs.")
+flags.DEFINE_integer("bootstrap_seed", BOOTSTRAP_SEED, "Seed of the bootstrap (the same seed, the same CIs).")
 FLAGS = flags.FLAGS
 
 
@@ -940,7 +1353,9 @@ def main(argv):
         raise app.UsageError("--runs_dir is required")
     messages = []
     try:
-        markdown = make_report(FLAGS.runs_dir, FLAGS.out_dir, FLAGS.plots, log=messages.append)
+        markdown = make_report(FLAGS.runs_dir, FLAGS.out_dir, FLAGS.plots, log=messages.append,
+                               reference=FLAGS.reference, stats=FLAGS.stats, bootstrap_reps=FLAGS.bootstrap_reps,
+                               poi_reps=FLAGS.poi_reps, bootstrap_seed=FLAGS.bootstrap_seed)
     except ReportError as e:
         raise SystemExit(f"report: error: {e}") from None
     sys.stdout.write(markdown)

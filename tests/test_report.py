@@ -1,6 +1,7 @@
 """experiments/report.py on synthetic run directories, against scores derived by hand below."""
 
 import csv
+import functools
 import json
 import os
 import pickle
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import report
+from experiments import published, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CD = "cube-double-play"
@@ -19,6 +20,12 @@ AL = "antmaze-large-navigate"
 
 def env(domain, task):
     return f"{domain}-singletask-task{task}-v0"
+
+
+# Small bootstraps keep the tests fast; the estimates themselves do not depend on the replications.
+FAST = {"bootstrap_reps": 60, "poi_reps": 20}
+make_report = functools.partial(report.make_report, **FAST)
+FAST_FLAGS = ["--bootstrap_reps=60", "--poi_reps=20"]
 
 
 def write_run(runs_dir, env_name, method, final_offline, final_online=None, train=True,
@@ -90,7 +97,7 @@ def check(results, key, mean, std, num_seeds, num_tasks):
 
 def test_results_csv_by_hand(runs_dir, tmp_path):
     out = str(tmp_path / "out")
-    report.make_report(runs_dir, out, plots=False)
+    make_report(runs_dir, out, plots=False)
     res = read_results(os.path.join(out, "results.csv"))
 
     # trqam offline, tasks (seed 0, seed 1 -> mean, sample std with ddof=1), in percent. Two seeds
@@ -130,30 +137,31 @@ def test_results_csv_by_hand(runs_dir, tmp_path):
 
 
 def test_markdown(runs_dir, tmp_path):
-    md = report.make_report(runs_dir, str(tmp_path / "out"), plots=False)
+    md = make_report(runs_dir, str(tmp_path / "out"), plots=False)
     assert md == (tmp_path / "out" / "results.md").read_text()
     lines = md.splitlines()
     header = next(l for l in lines if l.startswith("| task |"))
-    assert header == ("| task | trqam offline | trqam online | qam offline | QAM (published) | FQL (published) "
-                      "| TRQAM (published) |")
+    # Each run method's own paper figure right after its columns.
+    assert header == "| task | trqam offline | trqam online | TRQAM (paper) | qam offline | QAM (paper) |"
     assert "sample std, ddof=1" in md
     row = lambda label: next(l for l in lines if l.startswith(f"| {label} |"))
     # Tasks grouped under domains (antmaze-large first: the protocol table order of docs/conventions.md §10), domain means, then overall.
-    assert lines.index(f"| **{AL}** | | | | | | |") < lines.index(f"| **{CD}** | | | | | | |") < lines.index(
-        "| **domain mean** | | | | | | |") < lines.index(row("**overall**"))
+    assert lines.index(f"| **{AL}** | | | | | |") < lines.index(f"| **{CD}** | | | | | |") < lines.index(
+        "| **domain mean** | | | | | |") < lines.index(row("**overall**"))
     cd_rows = [l for l in lines if l.startswith(f"| {CD} |")]
-    assert len(cd_rows) == 1
-    assert cd_rows[0].startswith(f"| {CD} | 50.0 ± 0.0 (3/5 tasks) | 65.0 ± 7.1 (3/5 tasks) | "
-                                 "40.0 ± 14.1 (2/5 tasks) [")
-    # The published columns: the QAM paper's per-domain QAM / FQL, and TRQAM's overall only.
-    assert cd_rows[0].endswith("| 64 | 46 | – |")
-    assert row(AL) == f"| {AL} | 75.0 ± 7.1 | – | – | 81 | 76 | – |"
+    assert len(cd_rows) == 2  # the table's domain row and the IQM table's
+    # The paper's per-domain mean ± std (TRQAM cube-double 81 ± 3, QAM 71 ± 2) and overall.
+    assert cd_rows[0] == (f"| {CD} | 50.0 ± 0.0 (3/5 tasks) | 65.0 ± 7.1 (3/5 tasks) | 81 ± 3 | "
+                          "40.0 ± 14.1 (2/5 tasks) [1] | 71 ± 2 |")
+    assert row(AL) == f"| {AL} | 75.0 ± 7.1 | – | 89 ± 4 | – | 62 ± 9 |"
     assert row("**overall**") == ("| **overall** | 62.5 ± 3.5 (2/10 domains) | "
-                                  "65.0 ± 7.1 (1/10 domains) | 40.0 ± 14.1 (1/10 domains) | 44 | 36 | 68 |")
+                                  "65.0 ± 7.1 (1/10 domains) | 68 | 40.0 ± 14.1 (1/10 domains) | 35 |")
     task_rows = [l for l in lines if l.startswith("| task1 |")]
-    assert task_rows[0] == "| task1 | 90.0 ± 14.1 | – | – | – | – | – |"
-    assert task_rows[1] == "| task1 | 60.0 ± 14.1 | 95.0 ± 7.1 | 50.0 ± 36.1 | – | – | – |"
-    assert "not computed from these runs" in md and "QAM-E 46" in md
+    assert task_rows[0] == "| task1 | 90.0 ± 14.1 | – | – | – | – |"
+    assert task_rows[1] == "| task1 | 60.0 ± 14.1 | 95.0 ± 7.1 | – | 50.0 ± 36.1 | – |"
+    assert "not computed from these runs" in md and "the TRQAM paper's table (8 seeds" in md
+    # The QAM paper's release stays only as a labelled footnote.
+    assert "QAM 44 and FQL 36 overall; it is not comparable" in md and "(published)" not in md
     assert "seed(s) common to its tasks (0, 1): task2 lacks seed(s) 2" in md
 
 
@@ -161,7 +169,7 @@ def test_step_mismatch_notes(tmp_path):
     d = str(tmp_path / "runs")
     write_run(d, env(CD, 1), "trqam", {0: 0.5, 1: 0.5})
     write_run(d, env(CD, 2), "trqam", {0: 0.5, 1: 0.5}, offline_step=800, train=False)
-    md = report.make_report(d, str(tmp_path / "out"), plots=False)
+    md = make_report(d, str(tmp_path / "out"), plots=False)
     assert f"earlier in {env(CD, 2)} (800)" in md
 
 
@@ -186,7 +194,8 @@ def test_seeds_not_common(tmp_path):
     assert r.num_seeds == 0 and np.isnan(r.mean) and "no seed common to its tasks" in r.notes[0]
     assert ("overall", "overall", "bc") not in rows
     md = report.to_markdown(list(rows.values()))
-    assert f"| {CD} | 30.0 ± 14.1 (1/5 tasks) | – (2/5 tasks) [1] |" in md
+    assert f"| {CD} | 30.0 ± 14.1 (1/5 tasks) | 81 ± 3 | – (2/5 tasks) [1] |" in md
+    assert "| bc (ours) |" not in md  # no score to put in the paper's layout
 
 
 def test_plots(runs_dir, tmp_path):
@@ -270,7 +279,7 @@ def test_malformed_train_and_names(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.report", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "experiments.report", *args, *FAST_FLAGS], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -281,11 +290,12 @@ def test_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| task1 | 60.0 ± 14.1 | 95.0 ± 7.1 |" in proc.stdout
     out = os.path.join(d, "report")
-    assert sorted(os.listdir(out)) == ["curves", "exp_data", "results.csv", "results.md"]
+    assert sorted(os.listdir(out)) == ["curves", "exp_data", "improvement.csv", "results.csv", "results.md"]
     # It says where it wrote its files.
-    assert (f"Wrote results.md, results.csv, exp_data/ours-exp-data.pkl, curves/ (2 PNGs) to {out}"
-            in proc.stdout.splitlines())
-    assert set(os.listdir(os.path.join(out, "curves"))) == {f"{CD}.png", f"{env(CD, 1)}__trqam.png"}
+    assert (f"Wrote results.md, results.csv, improvement.csv, exp_data/ours-exp-data.pkl, curves/ (4 PNGs) "
+            f"to {out}" in proc.stdout.splitlines())
+    assert set(os.listdir(os.path.join(out, "curves"))) == {
+        f"{CD}.png", f"{env(CD, 1)}__trqam.png", "performance_profile_offline.png", "performance_profile_online.png"}
     # A second run ignores the report folder inside runs_dir.
     assert _cli(f"--runs_dir={d}", "--noplots").returncode == 0
 
@@ -312,7 +322,7 @@ def test_unfinished_runs_are_marked(tmp_path):
     write_run(d, env(CD, 3), "trqam", {0: 0.6, 1: 0.6}, {0: 0.3, 1: 0.3}, online_step=1500,
               config={"method": "trqam", "offline_steps": 1000, "online_steps": 1000, "bc_steps": 500})
     out = str(tmp_path / "out")
-    md = report.make_report(d, out, plots=False)
+    md = make_report(d, out, plots=False)
     res = read_results(os.path.join(out, "results.csv"))
     assert res[("task", env(CD, 1), "trqam", "offline")]["status"] == "unfinished: offline 1000/2000"
     assert res[("task", env(CD, 2), "trqam", "offline")]["status"] == "final"
@@ -348,11 +358,11 @@ def test_runs_dir_one_level_too_high_or_too_low(tmp_path, capsys):
     d = str(top / "runs")
     write_run(d, env(CD, 1), "trqam", {0: 0.5, 1: 0.7})
     messages = []
-    md = report.make_report(str(top), plots=False, log=messages.append)
+    md = make_report(str(top), plots=False, log=messages.append)
     assert "| task1 | 60.0 ± 14.1 |" in md
     assert os.path.isfile(os.path.join(d, "report", "results.md"))  # next to the runs it found
     assert messages[0] == f"No runs directly in {top}; using the runs in {d}."
-    assert messages[-1] == f"Wrote results.md, results.csv, exp_data/ours-exp-data.pkl to {d}/report"
+    assert messages[-1] == f"Wrote results.md, results.csv, improvement.csv, exp_data/ours-exp-data.pkl to {d}/report"
     # Two candidate directories: say where they are.
     write_run(str(top / "more"), env(CD, 1), "qam", {0: 0.5})
     with pytest.raises(report.ReportError) as e:
@@ -375,22 +385,22 @@ def test_runs_dir_one_level_too_high_or_too_low(tmp_path, capsys):
 
 def test_published_reference_rows_in_csv(runs_dir, tmp_path):
     out = str(tmp_path / "out")
-    report.make_report(runs_dir, out, plots=False)
+    make_report(runs_dir, out, plots=False)
     res = read_results(os.path.join(out, "results.csv"))
-    published = {k: r for k, r in res.items() if k[0] == "published"}
-    assert {(k[1], k[2]): float(r["mean"]) for k, r in published.items()} == {
-        (AL, "QAM (published)"): 81.0, (AL, "FQL (published)"): 76.0,
-        (CD, "QAM (published)"): 64.0, (CD, "FQL (published)"): 46.0,
-        ("overall", "QAM (published)"): 44.0, ("overall", "FQL (published)"): 36.0,
-        ("overall", "TRQAM (published)"): 68.0}
+    paper = {k: r for k, r in res.items() if k[0] == "published"}
+    assert {(k[1], k[2]): (float(r["mean"]), float(r["std_ddof1"])) for k, r in paper.items()} == {
+        (AL, "TRQAM (paper)"): (89.0, 4.0), (AL, "QAM (paper)"): (62.0, 9.0),
+        (CD, "TRQAM (paper)"): (81.0, 3.0), (CD, "QAM (paper)"): (71.0, 2.0),
+        ("overall", "TRQAM (paper)"): (68.0, pytest.approx(np.nan, nan_ok=True)),
+        ("overall", "QAM (paper)"): (35.0, pytest.approx(np.nan, nan_ok=True))}
     assert all(r["status"] == "published" and "not computed from these runs" in r["notes"]
-               for r in published.values())
+               and r["num_seeds"] == "8" for r in paper.values())
 
 
 def test_single_seed_has_no_std(tmp_path):
     d = str(tmp_path / "runs")
     write_run(d, env(CD, 1), "trqam", {0: 0.5}, train=False)
-    md = report.make_report(d, str(tmp_path / "out"), plots=False)
+    md = make_report(d, str(tmp_path / "out"), plots=False)
     assert "| task1 | 50.0 (1 seed, no std) |" in md
 
 
@@ -398,7 +408,7 @@ def test_single_seed_has_no_std(tmp_path):
 
 def test_exp_data_export_layout_by_hand(runs_dir, tmp_path):
     out = str(tmp_path / "out")
-    report.make_report(runs_dir, out, plots=False)
+    make_report(runs_dir, out, plots=False)
     with open(os.path.join(out, "exp_data", "ours-exp-data.pkl"), "rb") as f:
         exp = pickle.load(f)
     with open(os.path.join(out, "exp_data", "ours-exp-data.json")) as f:
