@@ -16,13 +16,14 @@ the learner slice [k * S, (k + 1) * S).
 
 import dataclasses
 import itertools
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from ml_collections import config_dict
 
 from experiments import data
-from experiments.spec import ConfigError, TaskSpec, resolve
+from experiments.spec import ConfigError, TaskSpec, check_inputs, resolve
 from trqam_jax import agent
 
 # sweep.<field> -> the methods it belongs to; each sets agent.<field>.
@@ -46,6 +47,8 @@ def _parse_values(text: str, field: str) -> Tuple[float, ...]:
     except ValueError:
         raise ConfigError(f"config.sweep.{field}={text!r} must be comma-separated numbers, e.g. 0.25,0.5,1.0.") \
             from None
+    if any(not math.isfinite(v) for v in values):  # would also write Infinity, not JSON, into config.json
+        raise ConfigError(f"config.sweep.{field}={text!r}: every value must be a finite number.")
     if field in ZERO_ALLOWED and any(not v >= 0 for v in values):
         raise ConfigError(f"config.sweep.{field}={text!r}: every value must be >= 0.")
     if field not in ZERO_ALLOWED and any(not v > 0 for v in values):
@@ -119,7 +122,27 @@ def plan(config, env_names: Sequence[str], run_dir_of) -> List[Run]:
     domains = {run.spec.domain for run in runs}
     if len(domains) > 1:
         raise ConfigError(f"A program trains one domain; got {', '.join(sorted(domains))}.")
+    check_distinct_run_dirs(runs, [field for field, _ in axes])
+    check_inputs(config, [run.run_dir for run in runs])
     return runs
+
+
+def check_distinct_run_dirs(runs: Sequence[Run], fields: Sequence[str]) -> None:
+    """Two runs writing one run directory would mix their checkpoints and logs: refuse, naming both. (The
+    directory name keeps a swept value to 6 significant digits, `pipeline.run_name`.)"""
+    seen: Dict[str, Run] = {}
+    for run in runs:
+        other = seen.setdefault(run.run_dir, run)
+        if other is run:
+            continue
+        differ = [f for f in fields if other.config.agent[f] != run.config.agent[f]]
+        if differ:
+            values = " and ".join(f"{', '.join(f'{f}={r.config.agent[f]!r}' for f in differ)}" for r in (other, run))
+            raise ConfigError(f"config.sweep.{'/'.join(differ)}: the runs with {values} would share the run directory {run.run_dir} "
+                              f"(its name keeps 6 significant digits): use values that differ in their "
+                              f"first 6 significant digits.")
+        raise ConfigError(f"Two runs of {run.spec.env_name} would share the run directory {run.run_dir}: list "
+                          f"each task and value once.")
 
 
 def programs(env_names: Sequence[str]) -> List[Tuple[str, ...]]:

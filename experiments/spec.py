@@ -4,7 +4,10 @@ Config fields left as None take the value of the task's domain in experiments/co
 """
 
 import dataclasses
-from typing import Optional, Tuple
+import importlib
+import math
+import os
+from typing import Optional, Sequence, Tuple
 
 from experiments import data
 from experiments.configs.domains import DOMAIN_SETTINGS, SUITES
@@ -114,6 +117,9 @@ _RANGES = (
     ("agent.rho", lambda v: v >= 0, ">= 0"),
     ("agent.kl_ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("agent.lam_min", lambda v: v > 0, "> 0"),
+    ("agent.lam_max", lambda v: v > 0, "> 0"),
+    ("agent.lam_init", lambda v: v > 0, "> 0"),
+    ("agent.kl_clip_factor", lambda v: v > 0, "> 0"),
     ("online_steps", lambda v: v >= 0, ">= 0"),
     ("online_start_steps", lambda v: v >= 0, ">= 0"),
     ("bc_steps", lambda v: v >= 0, ">= 0"),
@@ -125,8 +131,22 @@ _RANGES = (
 )
 
 
+def _numbers(tree, prefix=""):
+    """(dotted name, value) of every number in a config (nested dicts), bools left out."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
 def check_values(config) -> None:
     """One ConfigError naming the field, its value and what is allowed."""
+    allowed_of = {name: allowed for name, _, allowed in _RANGES}
+    for name, value in _numbers(config.to_dict()):  # inf would train nonsense and write Infinity into JSON
+        if not math.isfinite(value):
+            allowed = f" {allowed_of[name]}" if name in allowed_of else ""
+            raise ConfigError(f"config.{name}={value!r} is out of range: it must be a finite number{allowed}.")
     for name, ok, allowed in _RANGES:
         value = config
         for part in name.split("."):
@@ -142,6 +162,53 @@ def check_values(config) -> None:
 
 
 MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+
+
+def check_inputs(config, run_dirs: Sequence[str] = ()) -> None:
+    """What the runs write and read besides their config, checked before anything is written: their run
+    directories can be created, wandb imports if config.wandb.project asks for it, and every seed's
+    config.bc_checkpoint file exists (unless each run dir already has a checkpoint: it is resumed or refused,
+    and reads no BC). One ConfigError naming the field and the fix."""
+    for run_dir in run_dirs or (os.path.expanduser(config.output_dir),):
+        _check_writable(config.output_dir, run_dir)
+    if config.wandb.project:
+        try:
+            importlib.import_module("wandb")
+        except Exception as e:  # not installed, or an install that cannot import
+            raise ConfigError(f"config.wandb.project={config.wandb.project!r} asks for Weights & Biases logging, but "
+                              f"wandb cannot be imported ({type(e).__name__}: {e}): pip install wandb, or leave "
+                              f"config.wandb.project empty.") from None
+    if config.bc_checkpoint and (not run_dirs or not all(_has_checkpoint(d) for d in run_dirs)):
+        for seed in range(config.seed, config.seed + config.num_seeds):
+            try:
+                path = os.path.expanduser(config.bc_checkpoint.format(seed=seed))
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"config.bc_checkpoint={config.bc_checkpoint!r} cannot be filled in ({e!r}): the "
+                                  f"only field allowed is {{seed}}, e.g. /path/params_{{seed}}.pkl.") from None
+            if not os.path.isfile(path) or not os.access(path, os.R_OK):
+                why = ("is a directory" if os.path.isdir(path) else "cannot be read" if os.path.exists(path)
+                       else "does not exist")
+                raise ConfigError(f"config.bc_checkpoint={config.bc_checkpoint!r}: {path} (seed {seed}) {why}: give a "
+                                  f"reference-code params_<step>.pkl, or leave config.bc_checkpoint empty to pretrain "
+                                  f"BC.")
+
+
+def _check_writable(output_dir: str, run_dir: str) -> None:
+    path = os.path.abspath(run_dir)
+    while not os.path.lexists(path):  # the nearest part of the path that exists: the run dir is made under it
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ConfigError(f"config.output_dir={output_dir!r} cannot hold the run directory {run_dir}: {path} is not "
+                          f"a directory. Choose another --output_dir (nothing was written).")
+    if not os.access(path, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else "is not writable by you"
+        raise ConfigError(f"config.output_dir={output_dir!r} is not writable: {path} {why}. Choose a writable "
+                          f"--output_dir (nothing was written).")
+
+
+def _has_checkpoint(run_dir: str) -> bool:
+    directory = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(directory) and bool(os.listdir(directory))
 
 
 def check_schedule(config, horizon: int) -> None:
