@@ -11,6 +11,7 @@ SIGTERM or SIGINT stops at the next safe point with a checkpoint there, prints o
 with 143 or 130; the same command with --resume continues (and exits at once if the run is finished).
 """
 
+import errno
 import os
 import re
 import sys
@@ -107,9 +108,28 @@ def main(argv):
                 raise SystemExit(f"Error while writing the report: {e}") from None
     except USER_ERRORS as e:
         raise SystemExit(f"Error: {e}") from None
+    except OSError as e:  # validation found the output dir writable; a disk that filled up since, say
+        line = write_error(e, config.output_dir)
+        if line is None:
+            raise
+        raise SystemExit(line) from None
     except Interrupted as e:
         print(e.message(), file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
+
+
+# A write that failed for a reason the user fixes (space, permissions, a read-only disk), not a bug.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
+
+def write_error(error: OSError, output_dir: str):
+    """The one line for a failed write under output_dir, or None for any other OSError (a traceback)."""
+    root = os.path.abspath(os.path.expanduser(output_dir))
+    path = os.path.abspath(str(error.filename)) if error.filename else ""
+    if error.errno not in WRITE_ERRNOS or not (path == root or path.startswith(root + os.sep)):
+        return None
+    return (f"Error: cannot write {path} ({error.strerror}). Make --output_dir writable (space, permissions), or "
+            f"choose another; --resume then continues each run from its last checkpoint.")
 
 
 def parse_flags(argv):
