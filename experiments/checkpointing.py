@@ -57,6 +57,44 @@ def config_differences(saved: Dict, current: Dict, ignore=()) -> List[str]:
             if a.get(k) != b.get(k) and k not in ignore]
 
 
+# Leaves that a checkpoint written by an earlier version may lack. The per-learner hyperparameters are
+# written from the config at the start of every phase, so a missing one is filled with zeros on restore.
+FILLED_ON_RESTORE = ("hparams/",)
+
+
+def _key_name(key) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _leaves(tree) -> Dict[str, Any]:
+    """A tree's leaves by path ('opt_state/1/0/mu/...'), the same for a target and orbax's metadata."""
+    pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in pairs}
+
+
+def _leaf_shapes(tree) -> Dict[str, tuple]:
+    return {k: tuple(getattr(leaf, "shape", ())) for k, leaf in _leaves(tree).items()}
+
+
+def _fill(restored, like):
+    """`like`'s tree with the restored leaves, and zeros (or like's own value) where none was saved."""
+    import jax.numpy as jnp
+
+    saved = _leaves(restored)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    leaves = []
+    for path, leaf in paths:
+        name = "/".join(_key_name(k) for k in path)
+        if name in saved:
+            leaves.append(saved[name])
+        else:
+            leaves.append(leaf if isinstance(leaf, jax.Array) else jnp.zeros(leaf.shape, leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def _ignore_closed_event_loop() -> None:
     """A failed tensorstore read inside an orbax restore leaves callbacks that fire after orbax's event
     loop has closed; Python then prints a 'RuntimeError: Event loop is closed' traceback for each. The
@@ -102,7 +140,10 @@ class Checkpointer:
         try:
             options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=not self.read_only,
                                                    enable_async_checkpointing=False, read_only=self.read_only)
-            return ocp.CheckpointManager(self.directory, options=options)
+            # Handlers named up front, so that a step's metadata (shapes) can be read before any restore.
+            handlers = {name: ocp.StandardCheckpointHandler() for name in ("state", "policy", "replay")}
+            return ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers={**handlers, "meta": ocp.JsonCheckpointHandler()})
         finally:
             logging.set_verbosity(verbosity)
 
@@ -160,6 +201,7 @@ class Checkpointer:
           to refuse a checkpoint made with other settings, which is not damage).
         """
         steps = self.steps() if step is None else [step]
+        fill_missing = FILLED_ON_RESTORE
         failed = []
         _ignore_closed_event_loop()
         for step in reversed(steps):
@@ -171,29 +213,50 @@ class Checkpointer:
                 continue
             if check_meta is not None:
                 check_meta(meta)
+            targets = {}
+            if "state" in items or "policy" in items:
+                targets["state" if "state" in items else "policy"] = (
+                    state_like(meta) if callable(state_like) else state_like)
+            if "replay" in items and meta.get("has_replay") and replay_like is not None:
+                targets["replay"] = replay_like(meta) if callable(replay_like) else replay_like
             try:
-                like = state_like(meta) if callable(state_like) else state_like
-                args = {}
-                if "state" in items:
-                    args["state"] = ocp.args.StandardRestore(abstract(like))
-                if "policy" in items:
-                    args["policy"] = ocp.args.StandardRestore(abstract(like))
-                if "replay" in items and meta.get("has_replay") and replay_like is not None:
-                    replay_target = replay_like(meta) if callable(replay_like) else replay_like
-                    args["replay"] = ocp.args.StandardRestore(abstract(replay_target))
+                saved = self.manager.item_metadata(step)
+                # Shapes are compared before any array is read: a checkpoint of other shapes is not damage.
+                filled = {name: self._compare(step, name, saved[name], like, fill_missing)
+                          for name, like in targets.items()}
+                args = {name: ocp.args.StandardRestore(None if filled[name] else abstract(like))
+                        for name, like in targets.items()}
                 out = self.manager.restore(step, args=ocp.args.Composite(**args))
+            except CheckpointError:
+                raise
             except Exception as e:
                 self._damaged(step, e)
                 failed.append(step)
                 continue
-            tree = out.state if "state" in items else out.policy
-            replay = out.replay if "replay" in args else None
+            trees = {name: _fill(out[name], like) if filled[name] else out[name] for name, like in targets.items()}
+            tree = trees["state" if "state" in items else "policy"]
+            replay = trees.get("replay")
             if failed:
                 _say(f"Using checkpoint step {step} in {self.directory}.")
             return step, tree, replay, meta
         if failed and self.read_only:
             raise CheckpointError(f"No readable checkpoint in {self.directory}: steps {sorted(failed)} are damaged.")
         return None
+
+    def _compare(self, step: int, item: str, saved, like, fill_missing) -> bool:
+        """Whether the saved tree lacks leaves that may be filled in (an older checkpoint); raises
+        CheckpointError, changing nothing, when it holds other leaves or shapes than `like`."""
+        saved, wanted = _leaf_shapes(getattr(saved, "tree", saved)), _leaf_shapes(like)
+        missing = [k for k in wanted if k not in saved]
+        wrong = [f"{k}: {saved[k]} -> {wanted[k]}" for k in wanted if k in saved and saved[k] != wanted[k]]
+        wrong += [f"{k}: saved but not expected" for k in saved if k not in wanted]
+        wrong += [f"{k}: expected but not saved" for k in missing if not k.startswith(tuple(fill_missing))]
+        if wrong:
+            raise CheckpointError(
+                f"Checkpoint {step} in {self.directory} holds a {item} of other shapes than this run expects "
+                f"({'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}): it was made with other settings or "
+                f"another version of the code. Nothing was changed; resume it with the settings it was made with.")
+        return bool(missing)
 
     def _damaged(self, step: int, error: Exception) -> None:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"

@@ -113,6 +113,11 @@ class RunLogger:
             self.wandb.log(step, phase, seeds, {"eval_success": np.asarray(success),
                                                 "eval_return": np.asarray(returns)})
 
+    def flush(self) -> None:
+        """Writes TensorBoard's buffered events: called before each checkpoint, so that a run resumed from
+        it (even after kill -9) has every point its CSVs have up to that step."""
+        self.tb.flush()
+
     def close(self) -> None:
         self.tb.close()
         if self.wandb is not None:

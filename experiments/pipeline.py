@@ -52,6 +52,10 @@ class ConfigMismatchError(RuntimeError):
     pass
 
 
+class RunDirBusyError(RuntimeError):
+    pass
+
+
 class TrainingDivergedError(RuntimeError):
     pass
 
@@ -86,7 +90,7 @@ def total_steps(config, method: str) -> int:
 # Data and devices.
 
 
-def open_dataset(config, spec: TaskSpec, env_names, envs) -> data.ShardWindow:
+def open_dataset(config, spec: TaskSpec, env_names, envs, preempt: Preemption = NEVER) -> data.ShardWindow:
     """The domain's offline data for the tasks `env_names` (relabelled with `envs`): on the device once,
     with per-task (T, N) rewards and masks, or a rotating window of shards. Generates it if allowed."""
     try:
@@ -106,7 +110,8 @@ def open_dataset(config, spec: TaskSpec, env_names, envs) -> data.ShardWindow:
 
         print(f"Generating {info.dataset} in {config.dataset_dir} with the ogbench oracles ...")
         kwargs = {} if config.generate_episode_length is None else {"episode_length": config.generate_episode_length}
-        make_dataset.generate_dataset(info.dataset, config.dataset_dir, num_episodes=config.generate_num_episodes,
+        with preempt.immediate():  # minutes of work with nothing to save: a signal stops it at once
+            make_dataset.generate_dataset(info.dataset, config.dataset_dir, num_episodes=config.generate_num_episodes,
                                       seed=config.seed, num_workers=max(1, min(4, os.cpu_count() or 1)), **kwargs)
     free = data.device_memory_bytes()  # None on CPU: hold everything
     budget = None if free is None else int(config.dataset_memory_fraction * free)
@@ -288,10 +293,12 @@ class Phase:
         self.ctx, self.name, self.outputs = ctx, name, list(outputs)
         self.total = len(ctx.seeds)
         self.end_step = step_offset + end  # in the run's step count (online: offline_steps + env steps)
+        self.offset = step_offset
         # The newest step that every run has (they are saved together).
         common = set.intersection(*(set(o.checkpointer.steps()) for o in self.outputs))
         self.last_good = max(common) if common else None
-        label = ctx.spec.env_name if len(self.outputs) == 1 else f"{ctx.spec.domain} ({self.total} learners)"
+        # A run's bar names its task; BC's (one output for the domain) and a program's name the domain.
+        label = self.outputs[0].env_name if len(self.outputs) == 1 else f"{ctx.spec.domain} ({self.total} learners)"
         self.bar = None if end <= start else tqdm(total=end, initial=start, desc=f"{label} {name}", unit=unit,
                                                    dynamic_ncols=True)
 
@@ -308,6 +315,8 @@ class Phase:
         started (`unsubmitted`: a signal came first), is recorded, so a resume runs it again from the saved
         state (`boundary` has waited for the earlier ones)."""
         for o in self.outputs:
+            o.logger.flush()
+        for o in self.outputs:
             pending = o.evals.pending() if o.evals is not None else []
             o.checkpointer.save(step, take(states, o.learners, self.total),
                                 {**o.meta, "phase": self.name, "step": step,
@@ -320,7 +329,7 @@ class Phase:
         gone); the resume then starts from the last checkpoint, and repeats that work exactly."""
         if self.last_good != step and not any(s < step for s in self._pending()):
             self.save(step, states, replay, unsubmitted)
-        raise Interrupted(signum, self.last_good, self.name)
+        raise Interrupted(signum, self.last_good, self.name, self.offset)
 
     def boundary(self, step: int, states, eval_due: bool, save_due: bool, replay=None) -> None:
         evaluated = [o for o in self.outputs if o.evals is not None]
@@ -441,15 +450,58 @@ def bc_networks(ctx: Context) -> agent.Networks:
 
 
 @contextlib.contextmanager
-def file_lock(path: str):
-    """Jobs of one domain wait for each other's BC pretraining instead of racing on its directory."""
+def file_lock(path: str, preempt: Preemption = NEVER):
+    """Jobs of one domain wait for each other's BC pretraining instead of racing on its directory. The
+    wait may take hours, so a signal stops it at once; the work under the lock is deferred as usual."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        with preempt.immediate():
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+LOCK_FILE = ".lock"  # in each run dir: held (flock) by the job that trains it
+
+
+@contextlib.contextmanager
+def run_dir_locks(run_dirs):
+    """Holds each run dir's lock while this job trains it; a second job on the same run dir is refused at
+    once. Directories this creates for a run that never started are removed again."""
+    created, handles = [], []
+    try:
+        for run_dir in run_dirs:
+            missing = []
+            path = os.path.abspath(run_dir)
+            while not os.path.isdir(path):
+                missing.append(path)
+                path = os.path.dirname(path)
+            try:
+                os.makedirs(run_dir, exist_ok=True)
+                created.extend(reversed(missing))
+                handle = open(os.path.join(run_dir, LOCK_FILE), "a")
+            except OSError as e:
+                raise RunDirBusyError(f"Cannot write the run directory {run_dir} ({e.strerror}); choose a writable "
+                                      f"--output_dir.") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise RunDirBusyError(f"{run_dir} is being trained by another job right now; wait for it to end, or "
+                                      f"choose another --output_dir (nothing was changed).") from None
+            handles.append(handle)
+        yield
+    finally:
+        for handle in handles:
+            handle.close()  # releases the lock
+        for path in reversed(created):  # a run dir holding only its lock file: nothing started there
+            if os.path.isdir(path) and set(os.listdir(path)) <= {LOCK_FILE}:
+                with contextlib.suppress(OSError):
+                    if os.path.exists(os.path.join(path, LOCK_FILE)):
+                        os.remove(os.path.join(path, LOCK_FILE))
+                    os.rmdir(path)
 
 
 def import_bc(ctx: Context):
@@ -491,7 +543,7 @@ def pretrain_bc(ctx: Context):
                 f"{'; '.join(d.replace(': ', ' ', 1) for d in diffs)}. Use another --output_dir for these settings "
                 f"(the cached BC is valid and was left as it is).")
 
-    with file_lock(os.path.join(bc_dir, "lock")), \
+    with file_lock(os.path.join(bc_dir, "lock"), ctx.preempt), \
             Checkpointer(os.path.join(bc_dir, "checkpoints"), keep=ctx.config.keep_checkpoints) as checkpointer:
         states = _put(agent.init_seeds(ctx.seeds, ctx.spec.bc, nets, ctx.obs_dim, ctx.chunk_dim), ctx.per_learner)
         restored = checkpointer.restore(states, items=("state",), check_meta=check)
@@ -600,25 +652,32 @@ def _write_json(path: str, value) -> None:
     os.replace(path + ".tmp", path)
 
 
-def check_run_dir(run_dir: str, resume: bool, config, saved_step: Optional[int], saved_phase: Optional[str]) -> bool:
-    """Decides, before anything is written, whether this run may start or continue. True: continue."""
-    saved = _read_json(os.path.join(run_dir, "config.json"))
+def check_run_dir(run_dir: str, resume: bool, config, saved_step: Optional[int], saved_config: Optional[Dict]) -> bool:
+    """Decides, before anything is read or changed, whether this run may start or continue. True: continue.
+
+    Every change other than raising offline_steps / online_steps is refused, naming the fields."""
     if saved_step is None:
-        if saved is not None:
+        if saved_config is not None:
             print(f"{run_dir} holds no checkpoint (an earlier attempt stopped before its first save): starting "
                   f"it afresh.")
         return False
-    saved = saved or {}
     if not resume:
         raise RunDirExistsError(
             f"The run directory {run_dir} already exists with a checkpoint at step {saved_step}. Pass --resume to "
             f"continue it, or choose another --output_dir (nothing was changed).")
+    check_saved_config(run_dir, saved_config or {}, config)
+    return True
+
+
+def check_saved_config(run_dir: str, saved: Dict, config, saved_phase: Optional[str] = None) -> None:
+    """Refuses to resume `run_dir` with a config that differs from its saved one (ConfigMismatchError)."""
     current = json.loads(config.to_json())
     diffs = config_differences(saved, current, ignore=NOT_IDENTITY + EXTENDABLE)
     if diffs:
         raise ConfigMismatchError(
             f"Cannot resume {run_dir}: the config differs from the saved one in {'; '.join(diffs)}. "
-            f"Use the saved config, or another --output_dir. (Raising offline_steps or online_steps extends a run.)")
+            f"Use the saved config, or another --output_dir; nothing was changed. (Raising offline_steps or "
+            f"online_steps extends a run.)")
     for name in EXTENDABLE:
         old, new = saved.get(name), current[name]
         if old is not None and new < old:
@@ -628,7 +687,6 @@ def check_run_dir(run_dir: str, resume: bool, config, saved_step: Optional[int],
     if old_offline is not None and current["offline_steps"] != old_offline and saved_phase == "online":
         raise ConfigMismatchError(f"Cannot resume {run_dir}: it is already in its online phase, so offline_steps "
                                   f"cannot change ({old_offline} -> {current['offline_steps']}).")
-    return True
 
 
 def _state_target(config, spec: TaskSpec):
@@ -677,24 +735,40 @@ class Resumable:
 
 
 def inspect_run(run: learners.Run, resume: bool) -> Optional[Resumable]:
-    """Whether a run has work left (None: finished), checked before anything is written."""
+    """Whether a run has work left (None: finished). Its config is compared with the saved one before
+    any checkpoint is read: a refused change leaves the run directory exactly as it was."""
     config, spec, run_dir = run.config, run.spec, run.run_dir
-    restored, saved_step = None, None
-    if os.path.isdir(os.path.join(run_dir, "checkpoints")):
-        # Without --resume nothing is changed: only look (a leftover save is moved aside on resume).
-        with Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.keep_checkpoints,
-                          read_only=not resume) as found:
+    directory = os.path.join(run_dir, "checkpoints")
+    steps, saved_config = [], _read_json(os.path.join(run_dir, "config.json"))
+    if os.path.isdir(directory):
+        with Checkpointer(directory, keep=config.keep_checkpoints, read_only=True) as found:  # only look
             steps = found.steps()
-            saved_step = steps[-1] if steps else None
-            if steps and resume:  # the newest readable checkpoint; damaged ones are moved aside
-                restored = found.restore(*_state_target(config, spec))
-                saved_step = None if restored is None else restored[0]
-    saved_meta = restored[3] if restored is not None else {}
-    continuing = check_run_dir(run_dir, resume, config, saved_step, saved_meta.get("phase"))
-    if continuing and saved_step >= total_steps(config, spec.method) and not saved_meta.get("eval_pending"):
+            if steps and saved_config is None:  # config.json lost: the newest readable checkpoint has it
+                saved_config = _saved_config(found, steps)
+    if not check_run_dir(run_dir, resume, config, steps[-1] if steps else None, saved_config):
+        return Resumable(run)
+    # The newest readable checkpoint; damaged ones are moved aside (and a leftover save), never deleted.
+    with Checkpointer(directory, keep=config.keep_checkpoints) as found:
+        restored = found.restore(*_state_target(config, spec),
+                                 check_meta=lambda meta: check_saved_config(run_dir, meta["config"], config,
+                                                                            meta.get("phase")))
+    if restored is None:
+        print(f"{run_dir} holds no readable checkpoint (each was moved aside): starting it afresh.")
+        return Resumable(run)
+    saved_step, saved_meta = restored[0], restored[3]
+    if saved_step >= total_steps(config, spec.method) and not saved_meta.get("eval_pending"):
         print(f"{run_dir} is already finished (step {saved_step}); nothing to do.")
         return None
-    return Resumable(run, restored if continuing else None)
+    return Resumable(run, restored)
+
+
+def _saved_config(checkpointer: Checkpointer, steps) -> Optional[Dict]:
+    for step in reversed(steps):
+        try:
+            return checkpointer.read_meta(step)["config"]
+        except Exception:  # a damaged step: the previous one may still say
+            continue
+    return None
 
 
 def group_runs(config, todo: List[Resumable], learners_of_run: int, estimate=None) -> List[List[Resumable]]:
@@ -770,21 +844,29 @@ def run_program(config, env_names, resume: bool = False, preempt: Preemption = N
     """Trains the tasks `env_names` of one domain (with a budget axis, if config.sweep sets one) as one
     jitted program of learners, or a few when they do not fit; returns the run directories."""
     runs = learners.plan(config, env_names, run_dir_of)  # validates every value before anything is written
+    with run_dir_locks([run.run_dir for run in runs]):
+        _run_locked(config, runs, resume, preempt)
+    return [run.run_dir for run in runs]
+
+
+def _run_locked(config, runs, resume: bool, preempt: Preemption) -> None:
     todo = [r for r in (inspect_run(run, resume) for run in runs) if r is not None]
     if not todo:
-        return [run.run_dir for run in runs]
+        return
     names = list(dict.fromkeys(r.run.spec.env_name for r in todo))  # the tasks left, in order
     for r in todo:
         r.run = dataclasses.replace(r.run, task=names.index(r.run.spec.env_name))
     spec = todo[0].run.spec
     envs = [data.make_env(name, seed=config.seed) for name in names]
-    window = open_dataset(config, spec, names, envs)  # before a run dir is written: missing data leaves nothing
+    window = open_dataset(config, spec, names, envs, preempt)  # missing data: the locked new run dirs are removed
+    preempt.check(phase="")
     first = window.data_at(0)
     obs_dim, action_dim = first.observations.shape[1], first.actions.shape[1]
     seeds = [config.seed + i for i in range(config.num_seeds)]
     ctx_like = Context(config, spec, agent.make_networks(spec.offline, spec.horizon * action_dim), window, seeds,
                        None, obs_dim, action_dim, preempt=preempt)
     groups = group_runs(config, todo, len(seeds), memory_estimate(ctx_like, spec.offline, len(seeds)))
+    preempt.check(phase="")
     if len(groups) > 1:
         starts = sorted({r.start[0] for r in todo})
         why = (f"they resume from different steps {starts}" if len(starts) > 1
@@ -793,7 +875,6 @@ def run_program(config, env_names, resume: bool = False, preempt: Preemption = N
               f"{max(len(g) for g in groups) * len(seeds)} learners, one after the other ({why}).")
     for group in groups:
         train_group(ctx_like, group, seeds, preempt)
-    return [run.run_dir for run in runs]
 
 
 def train_group(ctx_like: Context, group: List[Resumable], seeds: list, preempt: Preemption) -> None:
@@ -835,6 +916,7 @@ def train_group(ctx_like: Context, group: List[Resumable], seeds: list, preempt:
                             Checkpointer(os.path.join(run.run_dir, "checkpoints"), keep=config.keep_checkpoints), meta)
             outputs.append(output)
             output.evals = Evaluations(ctx, run.spec.env_name, list(seeds), logger, workers)
+        preempt.check(phase="")  # the env workers have started: a signal during their start stops here
         online = _put(chunks.init_online(max(config.online_steps, 1), obs_dim, action_dim, num_seeds=num), per_learner)
         if continuing:
             stack = lambda *trees: jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trees)
@@ -851,8 +933,9 @@ def train_group(ctx_like: Context, group: List[Resumable], seeds: list, preempt:
                                            pretrained_actor=bc_actor, hparams=team.hparams("offline")), per_learner)
         _train_stages(ctx, team, outputs, states, online, step, saved_meta, eval_pending, wall)
     finally:
-        for o in outputs:
-            o.evals.close()
+        for o in outputs:  # a signal may have come while they were being built
+            if o.evals is not None:
+                o.evals.close()
             o.logger.close()
             o.checkpointer.close()
     waited = sum(o.evals.waited_s for o in outputs)

@@ -13,19 +13,32 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Interrupted(Exception):
-    """Raised to stop a run on a signal. exit_code is 128 + the signal number (130 SIGINT, 143 SIGTERM)."""
+    """Raised to stop a run on a signal. exit_code is 128 + the signal number (130 SIGINT, 143 SIGTERM).
 
-    def __init__(self, signum: int, step: Optional[int] = None, phase: str = ""):
+    step: the newest checkpoint of the phase (None: none this attempt); offset: the phase's first step in
+    the run's step count (online: offline_steps), so the message counts env steps; again: a second signal."""
+
+    def __init__(self, signum: int, step: Optional[int] = None, phase: str = "", offset: int = 0,
+                 again: bool = False):
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.step, self.phase = signum, step, phase
+        self.signum, self.step, self.phase, self.offset, self.again = signum, step, phase, offset, again
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
 
     def message(self) -> str:
-        where = "before training started" if self.step is None else f"at {self.phase} step {self.step}".replace("  ", " ")
-        return f"Interrupted ({signal.Signals(self.signum).name}) {where}; rerun the same command with --resume."
+        name = signal.Signals(self.signum).name
+        if self.again:
+            return (f"Interrupted ({name}) a second time, so at once; rerun the same command with --resume (it "
+                    f"continues from the newest complete checkpoint).")
+        if self.step is None:
+            where = "during start-up" if not self.phase else f"in {self.phase} before its first checkpoint"
+        elif self.phase == "online":
+            where = f"at online env step {self.step - self.offset} (step {self.step})"
+        else:
+            where = f"at {self.phase or 'training'} step {self.step}"
+        return f"Interrupted ({name}) {where}; rerun the same command with --resume."
 
 
 class Preemption:
@@ -34,9 +47,11 @@ class Preemption:
         self._defer = 0
         self._previous = {}
 
-    def install(self) -> "Preemption":
+    def install(self, hold: bool = False) -> "Preemption":
+        """hold: defer signals from now on, until the caller's safe points (`check`) stop the program."""
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._defer += int(hold)
         return self
 
     def uninstall(self) -> None:
@@ -47,7 +62,9 @@ class Preemption:
     def _handle(self, signum, frame):
         first = self.signum is None
         self.signum = signum
-        if not first or not self._defer:
+        if not first:
+            raise Interrupted(signum, again=True)
+        if not self._defer:
             raise Interrupted(signum)
 
     @property

@@ -17,11 +17,16 @@ import re
 import sys
 import warnings
 
+from experiments.preemption import Interrupted, Preemption
+
+# From the first line on, SIGTERM / SIGINT are held until a safe point of `main` (the imports below take
+# seconds): a signal at any moment of start-up then ends in one line and exit 143 / 130.
+PREEMPT = Preemption().install(hold=True) if __name__ == "__main__" else None
+
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import checkpointing, data, learners, pipeline, reference_checkpoint, spec
-from experiments.preemption import Interrupted, Preemption
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.py")
 
@@ -66,6 +71,7 @@ OVERRIDES = ("env_name", "tasks", "method", "seed", "num_seeds", "bc_steps", "of
              "dataset_dir", "suite")
 # Errors that are the user's to fix: print the message alone, no traceback.
 USER_ERRORS = (data.DataError, spec.ConfigError, pipeline.RunDirExistsError, pipeline.ConfigMismatchError,
+               pipeline.RunDirBusyError,
                pipeline.TrainingDivergedError, checkpointing.CheckpointError,
                reference_checkpoint.ReferenceCheckpointError)
 
@@ -76,13 +82,14 @@ def main(argv):
     checkpointing.quiet_orbax()
     warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # ogbench's Box spaces
     warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")  # glfw without a screen
-    preempt = Preemption().install()
+    preempt = PREEMPT or Preemption().install(hold=True)
     try:
         config = FLAGS.config
         config.get("seed")  # ml_collections defers a failed load until first access
     except Exception as e:  # the config file could not be loaded
         raise SystemExit(f"Error in the command line: {_one_line(e.__cause__ or e)}") from None
     try:
+        preempt.check()
         config.update_from_flattened_dict({k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None})
         import jax
 
@@ -115,6 +122,9 @@ def main(argv):
         raise SystemExit(line) from None
     except Interrupted as e:
         print(e.message(), file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        if e.again:  # raised wherever the second signal found the program: skip the interpreter's teardown
+            os._exit(e.exit_code)
         sys.exit(e.exit_code)
 
 
