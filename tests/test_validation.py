@@ -81,15 +81,6 @@ def test_a_missing_bc_checkpoint_is_refused(tmp_path, runs):
     assert snapshot(runs) == before
 
 
-def test_an_output_dir_under_a_file_is_refused(tmp_path):
-    """ENOTDIR: the output dir's parent is a file."""
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a directory\n")
-    before = snapshot(tmp_path)
-    assert_one_line(launch(tmp_path, blocker / "runs"), str(blocker), "not a directory", "--output_dir")
-    assert snapshot(tmp_path) == before
-
-
 def _can_mount_read_only(path):
     try:
         probe = subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(path)],
@@ -110,6 +101,28 @@ def test_a_read_only_output_dir_is_refused(tmp_path):
     result = launch(tmp_path, mount / "runs", prefix=prefix)
     assert_one_line(result, str(mount), "read-only file system", "writable --output_dir")
     assert os.listdir(mount) == []
+
+
+def test_an_output_dir_without_write_permission_is_refused(tmp_path, runs):
+    """EACCES: a mode 555 output dir. As root, the launcher runs without CAP_DAC_OVERRIDE, so that the
+    permission bits hold for it as for any user."""
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        try:
+            usable = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+        except OSError:
+            usable = False
+        if not usable:
+            pytest.skip("setpriv cannot drop CAP_DAC_OVERRIDE here")
+    before = snapshot(runs)
+    runs.chmod(0o555)
+    try:
+        result = launch(tmp_path, runs, prefix=prefix)
+    finally:
+        runs.chmod(0o755)
+    assert_one_line(result, str(runs), "not writable", "writable --output_dir")
+    assert snapshot(runs) == before
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -152,6 +165,16 @@ def test_values_are_refused_by_validation(tmp_path, overrides, words):
         plan(config_with(tmp_path, **overrides))
     assert all(word in str(info.value) for word in words), str(info.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_an_output_dir_under_a_file_is_refused(tmp_path):
+    """ENOTDIR: the output dir's parent is a file (the same check as a read-only or unwritable dir)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(spec.ConfigError, match=f"{blocker} is not a directory. Choose another --output_dir"):
+        plan(config_with(blocker / "runs"))
+    assert snapshot(tmp_path) == before
 
 
 def test_validation_accepts_close_but_distinct_values_and_a_present_bc_checkpoint(tmp_path, monkeypatch):
