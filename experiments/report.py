@@ -459,7 +459,7 @@ class Interval:
 
 
 def _rliable():
-    """rliable's library and metrics modules; the bootstrap's RandomState deprecation notice hidden."""
+    """rliable's library and metrics modules (imported on first use: it takes seconds)."""
     import warnings
 
     with warnings.catch_warnings():
@@ -468,14 +468,20 @@ def _rliable():
     return library, metrics
 
 
-def _quiet(fn, *args, **kwargs):
+def _seeded(seed: int, fn, *args, **kwargs):
+    """fn(*args, **kwargs) with numpy's global generator seeded, then restored. rliable 1.2's
+    stratified bootstraps draw their indices with np.random.choice, ignoring the random_state they
+    take, so the global generator is what makes an interval reproducible."""
     import warnings
 
-    with warnings.catch_warnings():
-        # arch (rliable's bootstrap) announces a change of its random_state argument; rliable passes it.
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*random_state.*")
-        return fn(*args, **kwargs)
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # arch: random_state deprecation
+            return fn(*args, **kwargs)
+    finally:
+        np.random.set_state(state)
 
 
 def score_matrix(task_rows: Sequence[Row], seeds) -> np.ndarray:
@@ -501,15 +507,15 @@ def _aggregate_members(rows: Sequence[Row]) -> dict:
 
 def iqm_intervals(rows: Sequence[Row], reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED) -> dict:
     """(level, name, method, phase) -> Interval of the IQM (percent) over the tasks x seeds of each
-    domain and overall row: its tasks, and the seeds its mean ± std is over. Each estimate has its own
-    RandomState(seed), so it does not depend on which other rows are present."""
+    domain and overall row: its tasks, and the seeds its mean ± std is over. Each estimate starts
+    from the same seed, so it does not depend on which other rows are present."""
     library, metrics = _rliable()
     out = {}
     for key, (members, seeds) in _aggregate_members(rows).items():
         scores = score_matrix(members, seeds)
-        point, interval = _quiet(
-            library.get_interval_estimates, {"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]),
-            reps=reps, confidence_interval_size=CONFIDENCE, random_state=np.random.RandomState(seed))
+        point, interval = _seeded(
+            seed, library.get_interval_estimates, {"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]),
+            reps=reps, confidence_interval_size=CONFIDENCE)
         out[key] = Interval(100 * float(point["x"][0]), 100 * float(interval["x"][0, 0]),
                             100 * float(interval["x"][1, 0]), scores.shape[1], scores.shape[0])
     return out
@@ -543,9 +549,8 @@ def improvement(rows: Sequence[Row], reps: int = POI_REPS, seed: int = BOOTSTRAP
                 if mx is None or my is None:
                     continue
                 poi = lambda a, b: np.array([metrics.probability_of_improvement(a, b)])
-                point, interval = _quiet(
-                    library.get_interval_estimates, {"x": [mx[0], my[0]]}, poi, reps=reps,
-                    confidence_interval_size=CONFIDENCE, random_state=np.random.RandomState(seed))
+                point, interval = _seeded(seed, library.get_interval_estimates, {"x": [mx[0], my[0]]}, poi,
+                                          reps=reps, confidence_interval_size=CONFIDENCE)
                 out.append((x, y, phase, Interval(
                     float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0]), len(tasks),
                     0, notes=f"{len(mx[1])} seeds of {x}, {len(my[1])} of {y}")))
@@ -571,9 +576,8 @@ def performance_profiles(rows: Sequence[Row], phase: str, reps: int = BOOTSTRAP_
         if level != "overall" or row_phase != phase:
             continue
         scores = score_matrix(members, seeds)
-        np.random.seed(seed)  # create_performance_profile draws from numpy's global generator
-        profiles, cis = _quiet(library.create_performance_profile, {"x": scores}, taus, reps=reps,
-                               confidence_interval_size=CONFIDENCE)
+        profiles, cis = _seeded(seed, library.create_performance_profile, {"x": scores}, taus, reps=reps,
+                                confidence_interval_size=CONFIDENCE)
         out[method] = (profiles["x"], np.asarray(cis["x"]), scores.shape[1], scores.shape[0])
     return taus, dict(sorted(out.items(), key=lambda kv: method_key(kv[0])))
 
@@ -1296,7 +1300,7 @@ def make_report(runs_dir: str, out_dir: Optional[str] = None, plots: bool = True
       code: per-task published columns (1M and 1.5M) and curves.
     stats: the rliable statistics (IQM with bootstrap CIs, probability of improvement, performance
       profiles), with bootstrap_reps (IQM, profiles) and poi_reps (probability of improvement)
-      bootstrap replications from RandomState(bootstrap_seed)."""
+      bootstrap replications, numpy's generator seeded with bootstrap_seed."""
     if bootstrap_reps < 1 or poi_reps < 1:
         raise ReportError(f"--bootstrap_reps={bootstrap_reps} and --poi_reps={poi_reps} must be at least 1")
     released = load_reference(reference) if reference else None

@@ -493,3 +493,266 @@ def test_bc_phase_rows_start_the_curve_but_are_not_scored(tmp_path):
     assert rows["task"].mean == pytest.approx(60.0)
     curves = report.seed_curves(run.eval, "success")
     assert curves[0][0][0] == 0 and curves[0][1][0] == pytest.approx(0.3)
+
+
+# ------------------------------------------------------------------------- the TRQAM paper's table
+
+def test_paper_table_overall_is_the_mean_of_the_rounded_domain_means():
+    assert published.PAPER_METHODS == ("FQL", "CGQL-L", "DSRL", "IFQL", "QAM", "QAM-E", "TRQAM", "SQAM")
+    assert published.PAPER_OVERALL == {"FQL": 28, "CGQL-L": 23, "DSRL": 46, "IFQL": 35, "QAM": 35, "QAM-E": 45,
+                                       "TRQAM": 68, "SQAM": 75}
+    for method, row in published.PAPER_TABLE.items():
+        assert list(row) == list(report.DOMAINS)
+        # Rounded half up: IFQL's domains average 34.5, reported 35.
+        assert np.floor(np.mean([mean for mean, _ in row.values()]) + 0.5) == published.PAPER_OVERALL[method], method
+    assert published.PAPER_TABLE["TRQAM"]["cube-triple-play"] == (50, 5)
+    assert published.PAPER_TABLE["SQAM"]["antmaze-giant-navigate"] == (62, 4)
+    assert [published.paper_method(m) for m in ("trqam", "sqam", "sqam_eps0.5", "qam_beta3", "bc", "fql")] == [
+        "TRQAM", "SQAM", "SQAM", "QAM", None, "FQL"]
+
+
+def test_sqam_runs_sit_beside_the_sqam_row(tmp_path):
+    d = str(tmp_path / "runs")
+    for method, value in [("trqam", 0.5), ("sqam", 0.6), ("sqam_eps0.5", 0.7)]:
+        write_run(d, env(CD, 1), method, {0: value, 1: value}, train=False)
+    md = make_report(d, str(tmp_path / "out"), plots=False)
+    header = next(l for l in md.splitlines() if l.startswith("| task |"))
+    assert header == ("| task | trqam offline | TRQAM (paper) | sqam offline | sqam_eps0.5 offline | SQAM (paper) |")
+    assert f"| {CD} | 50.0 ± 0.0 (1/5 tasks) | 81 ± 3 | 60.0 ± 0.0 (1/5 tasks) | 70.0 ± 0.0 (1/5 tasks) | 58 ± 3 |" in md
+
+
+def test_paper_layout_table_bold_best_markdown_and_latex(runs_dir, tmp_path):
+    md = make_report(runs_dir, str(tmp_path / "out"), plots=False)
+    lines = md.splitlines()
+    start = lines.index("| method | antmaze-large | antmaze-giant | humanoidmaze-medium | humanoidmaze-large | scene "
+                        "| puzzle-3x3 | puzzle-4x4 | cube-double | cube-triple | cube-quadruple | all |")
+    table = {l.split(" | ")[0][2:]: l.split(" | ")[1:] for l in lines[start + 2:start + 12]}
+    assert list(table) == [*published.PAPER_METHODS, "trqam (ours)", "qam (ours)"]
+    # Best per column in bold: scene is DSRL's 80; puzzle-3x3's 100 is shared by DSRL, TRQAM and SQAM.
+    assert table["DSRL"][4] == "**80 ± 0**" and table["TRQAM"][4] == "79 ± 1"
+    assert [m for m, cells in table.items() if cells[5].startswith("**")] == ["DSRL", "TRQAM", "SQAM"]
+    assert table["SQAM"][10] == "**75** |" and table["TRQAM"][10] == "68 |"
+    # Ours, offline: antmaze-large 75 ± 7 over 5 tasks; cube-double 50 ± 0 over 3 tasks (dagger); no
+    # 'all' without the 10 domains.
+    assert table["trqam (ours)"][0] == "75 ± 7" and table["trqam (ours)"][7] == "50 ± 0†"
+    assert table["trqam (ours)"][10] == "– |" and table["qam (ours)"][7] == "40 ± 14†"
+    # The same table in LaTeX ends the file.
+    assert md.rstrip().endswith("\\end{tabular}\n```")
+    assert "DSRL & 53 $\\pm$ 2 & 1 $\\pm$ 1 & 53 $\\pm$ 10 & 1 $\\pm$ 1 & \\textbf{80 $\\pm$ 0} &" in md
+    assert "trqam (ours) & 75 $\\pm$ 7 & -- &" in md and "50 $\\pm$ 0$^\\dagger$" in md
+
+
+# ----------------------------------------------------------------------------- rliable statistics
+
+def test_iqm_by_hand_with_a_reproducible_ci(tmp_path):
+    """cube-double: 4 tasks x 2 seeds. The IQM of 8 scores is the mean of the middle 4."""
+    d = str(tmp_path / "runs")
+    scores = {1: (0.0, 0.1), 2: (0.2, 0.3), 3: (0.5, 0.6), 4: (0.9, 1.0)}
+    for task, (s0, s1) in scores.items():
+        write_run(d, env(CD, task), "trqam", {0: s0, 1: s1}, train=False)
+    # sorted: 0 .1 | .2 .3 .5 .6 | .9 1 -> (.2+.3+.5+.6)/4 = .4 (the mean is .45)
+    out = str(tmp_path / "out")
+    md = make_report(d, out, plots=False)
+    res = read_results(os.path.join(out, "results.csv"))
+    row = res[("domain", CD, "trqam", "offline")]
+    assert float(row["mean"]) == pytest.approx(45.0)
+    assert float(row["iqm"]) == pytest.approx(40.0)
+    low, high = float(row["iqm_ci_low"]), float(row["iqm_ci_high"])
+    assert low <= 40.0 <= high and low < high
+    assert res[("task", env(CD, 1), "trqam", "offline")]["iqm"] == ""  # aggregates only
+    assert f"| {CD} | 40.0 [{low:.1f}, {high:.1f}] (4×2) |" in md
+    # The same seed gives the same interval; the rliable call itself, by hand.
+    rows = report.aggregate(report.load_runs(d), "offline")
+    first = report.iqm_intervals(rows, reps=60, seed=0)
+    assert first == report.iqm_intervals(rows, reps=60, seed=0)
+    iv = first[("domain", CD, "trqam", "offline")]
+    assert (iv.estimate, iv.num_tasks, iv.num_seeds) == (pytest.approx(40.0), 4, 2)
+    assert (iv.low, iv.high) == (pytest.approx(low), pytest.approx(high))
+    other = report.iqm_intervals(rows, reps=60, seed=1)[("domain", CD, "trqam", "offline")]
+    assert other.estimate == iv.estimate and other.low <= 40.0 <= other.high
+    # An overall over one domain is that domain.
+    assert first[("overall", "overall", "trqam", "offline")] == iv
+
+
+def test_probability_of_improvement_by_hand(tmp_path):
+    """task1: a = .6 .8, b = .5 .7: of the 4 pairs, a wins 3 -> 3/4. task2: equal scores -> 1/2.
+    P(a > b) = (3/4 + 1/2) / 2 = 0.625. task3 only a ran it: not compared."""
+    d = str(tmp_path / "runs")
+    write_run(d, env(CD, 1), "a", {0: 0.6, 1: 0.8}, train=False)
+    write_run(d, env(CD, 1), "b", {0: 0.5, 1: 0.7}, train=False)
+    write_run(d, env(CD, 2), "a", {0: 0.2, 1: 0.2}, train=False)
+    write_run(d, env(CD, 2), "b", {0: 0.2, 1: 0.2}, train=False)
+    write_run(d, env(CD, 3), "a", {0: 0.0, 1: 0.0}, train=False)
+    out = str(tmp_path / "out")
+    md = make_report(d, out, plots=False)
+    with open(os.path.join(out, "improvement.csv"), newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["x"], row["y"], row["phase"], row["num_tasks"]) == ("a", "b", "offline", "2")
+    assert float(row["probability_x_beats_y"]) == pytest.approx(0.625)
+    assert float(row["ci_low"]) <= 0.625 <= float(row["ci_high"])
+    assert "| a | b | offline | 0.62 |" in md or "| a | b | offline | 0.63 |" in md
+    rows = report.aggregate(report.load_runs(d), "offline")
+    assert report.improvement(rows, reps=20, seed=3) == report.improvement(rows, reps=20, seed=3)
+
+
+def test_performance_profile_by_hand(runs_dir, tmp_path):
+    rows = report.aggregate(report.load_runs(runs_dir), "offline")
+    taus, profiles = report.performance_profiles(rows, "offline", reps=30, taus=[0.45, 0.55, 0.95])
+    # trqam overall offline, seeds 0 / 1: antmaze-large 1 .9 .8 .7 .6 / .8 .9 .6 .7 .5 and cube-double
+    # .5 .4 .6 / .7 .2 .6: 16 runs; above .45 all but .4 and .2 (14), above .55 9 of antmaze-large's
+    # and .6 .7 .6 (12), above .95 only the 1 (1).
+    profile, ci, num_tasks, num_seeds = profiles["trqam"]
+    assert (num_tasks, num_seeds) == (8, 2)
+    np.testing.assert_allclose(profile, [14 / 16, 12 / 16, 1 / 16])
+    assert np.all(ci[0] <= profile + 1e-12) and np.all(profile <= ci[1] + 1e-12)
+    assert list(profiles) == ["trqam", "qam"]
+    fig = report.plot_profiles(rows, "offline", str(tmp_path / "p.png"), reps=30)
+    assert fig is not None and os.path.getsize(tmp_path / "p.png") > 5000
+
+
+# --------------------------------------------------------------------------- released results file
+
+def released_file(path, rows, methods=("TRQAM", "QAM"), tasks=(1, 2, 3, 4, 5), seeds=8, extra=None):
+    """A released results pickle built from a function of the step: seed k of method m on task t at
+    step s scores s / 1.5M * 0.45 + 0.01 k + 0.04 t + (0.1 for QAM), so each row tells its step.
+    rows 30: steps 50K..1.5M; rows 31: steps 0..1.5M. Written independently of the reader."""
+    first = 50_000 if rows == 30 else 0
+    steps = first + 50_000 * np.arange(rows)
+    assert steps[-1] == 1_500_000
+    data = {}
+    for m in methods:
+        per_task = []
+        for t in tasks:
+            values = (steps[:, None] / 1.5e6 * 0.45 + 0.01 * np.arange(seeds)[None, :] + 0.04 * t
+                      + (0.1 if m == "QAM" else 0.0))
+            data[(env(CD, t), m)] = values
+            per_task.append(values)
+        data[(CD, m)] = np.mean(per_task, axis=0)
+        data[("all", m)] = np.mean(per_task, axis=0) / 2  # as if the other domains scored 0
+    data.update(extra or {})
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    return str(path)
+
+
+def expected(step, t, method="TRQAM"):
+    """(mean, std) in percent of the seeds at `step` on task t (std of 0.01 k, k = 0..7, ddof=1)."""
+    base = step / 1.5e6 * 0.45 + 0.035 + 0.04 * t + (0.1 if method == "QAM" else 0.0)
+    return 100 * base, 100 * 0.01 * np.std(np.arange(8), ddof=1)
+
+
+@pytest.mark.parametrize("rows, row_1m", [(30, 19), (31, 20)])
+def test_released_results_in_both_layouts(runs_dir, tmp_path, rows, row_1m):
+    ref = released_file(tmp_path / "trqam-exp-data.pkl", rows)
+    released = published.load_released(ref)
+    assert (released.rows, released.seeds, released.methods) == (rows, 8, ["QAM", "TRQAM"])
+    assert released.row_of(1_000_000) == row_1m and released.row_of(1_500_000) == rows - 1
+    first = "from step 0" if rows == 31 else "from 50K"
+    assert released.describe() == (f"layout ({rows}, 8): evaluations every 50K {first} to 1.5M, 1M at row "
+                                   f"{row_1m}, 1.5M at row {rows - 1}")
+    out = str(tmp_path / "out")
+    messages = []
+    md = make_report(runs_dir, out, plots=False, reference=ref, log=messages.append)
+    assert messages[0] == f"Released results {ref}: {released.describe()}; methods QAM, TRQAM."
+    header = next(l for l in md.splitlines() if l.startswith("| task |"))
+    assert header.endswith("| QAM (paper) | QAM 1M (released) | QAM 1.5M (released) | TRQAM 1M (released) "
+                           "| TRQAM 1.5M (released) |")
+    # Task rows: 1M and 1.5M, per hand: task2 TRQAM at 1M .3 + .035 + .08 = .415, at 1.5M .565.
+    m1, s1 = expected(1_000_000, 2)
+    m2, s2 = expected(1_500_000, 2)
+    q1, _ = expected(1_000_000, 2, "QAM")
+    assert (m1, m2, q1) == (pytest.approx(41.5), pytest.approx(56.5), pytest.approx(51.5))
+    task2 = [l for l in md.splitlines() if l.startswith("| task2 |")][-1]  # cube-double's
+    assert task2.endswith(f"| {q1:.1f} ± {s1:.1f} | {expected(1_500_000, 2, 'QAM')[0]:.1f} ± {s2:.1f} "
+                          f"| {m1:.1f} ± {s1:.1f} | {m2:.1f} ± {s2:.1f} |")
+    assert "| 51.5 ± 2.4 | 66.5 ± 2.4 | 41.5 ± 2.4 | 56.5 ± 2.4 |" in task2
+    # antmaze-large tasks are not in the file.
+    assert [l for l in md.splitlines() if l.startswith("| task2 |")][0].endswith("| – | – | – | – |")
+    # Domain: the file's own entry (mean of tasks 1-5: .04 * 3 = .12 on top): TRQAM 1M .3 + .035 + .12.
+    res = read_results(os.path.join(out, "results.csv"))
+    r = res[("released", CD, "TRQAM 1M (released)", "offline")]
+    assert float(r["mean"]) == pytest.approx(45.5) and float(r["std_ddof1"]) == pytest.approx(2.4494897)
+    assert r["status"] == "released" and r["num_seeds"] == "8"
+    assert float(res[("released", env(CD, 2), "TRQAM 1.5M (released)", "online")]["mean"]) == pytest.approx(56.5)
+    # overall: the file's "all" entry, (.3 + .035 + .12 + .1) / 2.
+    assert float(res[("released", "overall", "QAM 1M (released)", "offline")]["mean"]) == pytest.approx(27.75)
+    assert f"authors' released results file {ref} ({released.describe()})" in md
+    # Curves: the released TRQAM and QAM curves on the task panels, at the file's steps.
+    runs = [r for r in report.load_runs(runs_dir) if r.domain == CD]
+    fig = report.plot_domain(runs, str(tmp_path / "cd.png"), released)
+    ax = next(a for a in fig.axes if a.get_title() == "task2")
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    np.testing.assert_array_equal(lines["TRQAM (released)"].get_xdata(), released.steps)
+    np.testing.assert_allclose(lines["TRQAM (released)"].get_ydata()[row_1m], m1)
+    assert "QAM (released)" in lines
+    mean_ax = next(a for a in fig.axes if a.get_title() == "domain mean")
+    assert "TRQAM (released)" in {l.get_label() for l in mean_ax.get_lines()}
+    run = next(r for r in runs if r.method == "qam" and r.task == 1)
+    fig = report.plot_run(run, str(tmp_path / "run.png"), released)
+    labels = {l.get_label() for l in fig.axes[0].get_lines()}
+    assert {"QAM (released)", "TRQAM (released)"} <= labels
+
+
+def test_released_results_in_percent_and_without_domain_entries(tmp_path):
+    path = tmp_path / "pct.pkl"
+    data = {(env(CD, t), "SQAM"): np.full((31, 2), 10.0 * t) for t in range(1, 6)}
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    released = published.load_released(str(path))
+    assert released.percent and released.describe().endswith("; values in percent")
+    # No domain entry: the per-seed mean of its 5 tasks (10..50 % -> 30 %).
+    assert released.score(CD, "SQAM", "offline", report._domain_tasks(CD)) == (pytest.approx(30.0), 0.0)
+    assert released.score(CD, "SQAM", "offline") is None
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({(env(CD, 1), "TRQAM"): np.zeros((29, 8))}, r"entry \('cube-double-play-singletask-task1-v0', 'TRQAM'\) "
+                                                 r"has shape \(29, 8\); expected a pickled dict"),
+    ({(env(CD, 1), "TRQAM"): np.zeros((30, 8)), (CD, "TRQAM"): np.zeros((31, 8))}, "entries of different shapes"),
+    ({(env(CD, 1), "TRQAM"): np.zeros(30)}, r"has shape \(30,\)"),
+    ({"cube-double-play": np.zeros((30, 8))}, "key 'cube-double-play' is not a \\(name, method\\) pair"),
+    ([np.zeros((30, 8))], "holds a list; expected a pickled dict"),
+    ({}, r"holds a dict \(empty\)"),
+    ({(CD, "TRQAM"): np.full((30, 8), 150.0)}, r"success values range over \[150, 150\]"),
+])
+def test_a_released_file_of_another_shape_gets_one_line(tmp_path, payload, message):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(published.ReleasedResultsError, match=message) as info:
+        published.load_released(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_malicious_released_file_runs_nothing(runs_dir, tmp_path):
+    from numpy.testing._private import utils as np_testing_utils
+
+    class Exec:
+        def __reduce__(self):
+            return np_testing_utils.runstring, (f"open({str(marker)!r}, 'w').close()", {})
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "trqam-exp-data.pkl"
+    path.write_bytes(pickle.dumps({(CD, "TRQAM"): Exec()}))
+    with pytest.raises(published.ReleasedResultsError, match="numpy.testing._private.utils.runstring"):
+        published.load_released(str(path))
+    assert not marker.exists()
+    proc = _cli(f"--runs_dir={runs_dir}", f"--reference={path}", "--noplots")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"report: error: --reference: {path} is not a released results file: it needs "
+        "numpy.testing._private.utils.runstring, which is not an array, a dtype, a scalar or a plain container, "
+        "and was not loaded")
+    assert not marker.exists()
+    missing = tmp_path / "absent.pkl"
+    proc = _cli(f"--runs_dir={runs_dir}", f"--reference={missing}", "--noplots")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"report: error: --reference: {missing}: cannot read: No such file or directory")
+
+
+def test_cli_with_a_released_file(runs_dir, tmp_path):
+    ref = released_file(tmp_path / "trqam-exp-data.pkl", 31)
+    proc = _cli(f"--runs_dir={runs_dir}", f"--reference={ref}", f"--out_dir={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Released results {ref}: layout (31, 8): evaluations every 50K from step 0" in proc.stdout
+    assert "| 51.5 ± 2.4 | 66.5 ± 2.4 | 41.5 ± 2.4 | 56.5 ± 2.4 |" in proc.stdout
+    assert os.path.isfile(tmp_path / "out" / "curves" / "performance_profile_offline.png")
