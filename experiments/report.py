@@ -3,6 +3,9 @@
 
   python -m experiments.report --runs_dir=runs                     # writes runs/report/...
   python -m experiments.report --runs_dir=runs --out_dir=/tmp/rep --noplots
+  python -m experiments.report --runs_dir=runs --reference=trqam-exp-data.pkl   # + the authors' release
+
+What each number means: docs/results.md.
 
 Input: one run directory per (task, method), `<runs_dir>/<env_name>/<method>/`, holding
   eval.csv   step,phase,seed,success[,episode_return]  one row per seed per evaluation
@@ -28,17 +31,34 @@ exp_data/reproduce.py) over seeds, as success in percent. A run whose last evalu
 final step of its config is marked unfinished ('offline 1000/2000', 'online 300/500 env steps'), and
 so is every domain and overall score that includes it.
 
+Beside them (experiments/published.py): the TRQAM paper's table, per domain mean +- std and overall,
+for each run method's own paper method (trqam -> TRQAM, qam -> QAM, sqam and sqam_eps0.5 -> SQAM)
+and always TRQAM's; with --reference, the authors' released results file (a pickle of
+{(name, method): success array (evaluations, seeds)}, (30, 8) from 50K or (31, 8) from step 0, read
+without running code by experiments/safe_pickle.py): per task, domain and overall, at 1M (offline)
+and 1.5M (online), for every method it holds, and its curves on the success plots.
+
+Statistics (rliable; --nostats turns them off): for every domain and overall score, the
+interquartile mean over its tasks x seeds with a 95% stratified bootstrap CI (--bootstrap_reps,
+--bootstrap_seed); for every pair of methods, the probability of improvement over their common tasks
+with its CI (--poi_reps); per phase, a performance profile.
+
 Output (under --out_dir, default <runs_dir>/report; the command prints where):
   results.csv  level,name,method,phase,mean,std_ddof1,num_seeds,num_tasks,domain,seeds,final_steps,
-               status,notes (percent; level is task, domain, overall, or published for the QAM
-               paper's released figures and TRQAM's reported overall; status final / unfinished: ...)
-  results.md   the Markdown table with the published figures as extra "(published)" columns
+               status,notes,iqm,iqm_ci_low,iqm_ci_high (percent; level is task, domain, overall,
+               published (the paper's table, method '<M> (paper)') or released (the --reference file,
+               method '<M> 1M (released)' / '<M> 1.5M (released)'); status final / unfinished: ...)
+  results.md   the table with the paper's figures beside each method (and the released file's
+               columns), the IQM table, the probabilities of improvement, and the paper-layout table
+               (domains as columns, methods as rows, best in bold) in Markdown and LaTeX
+  improvement.csv  x,y,phase,probability_x_beats_y,ci_low,ci_high,num_tasks,seeds
   exp_data/ours-exp-data.pkl   the reference's exp_data layout: {(name, METHOD): array (evaluations,
                seeds)}, name a task, a domain or 'all'; ours-exp-data.json gives each entry's steps
   curves/<env_name>__<method>.png  success (from the BC policy at step 0), lambda_eff, kl_hat with the
                budget eps, critic loss, Q mean and BC loss vs steps, per seed and mean +- std
   curves/<domain>.png              methods' mean success curves per task, and the domain mean when the
                                    domain has more than one task
+  curves/performance_profile_<phase>.png   fraction of (task, seed) runs above each success level
 """
 
 from __future__ import annotations
