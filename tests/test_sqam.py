@@ -344,13 +344,18 @@ def fingerprint(method):
     cfg = agent.AgentConfig(method=method, hidden_dims=(16, 16), num_critics=3, flow_steps=3, batch_size=8,
                             inv_temp=2.0, kl_budget=0.05)
     nets = agent.make_networks(cfg, 4)
-    k = jax.random.split(jax.random.PRNGKey(11), 5)
-    n = 64
-    data = Batch(jax.random.normal(k[0], (n, 3)), jnp.clip(0.7 * jax.random.normal(k[1], (n, 2, 2)), -1, 1),
-                 jax.random.normal(k[2], (n,)), (jnp.arange(n) % 3 != 0).astype(jnp.float32),
-                 jax.random.normal(k[3], (n, 3)), (jnp.arange(n) % 4 != 1).astype(jnp.float32))
-    states = agent.init_seeds(jnp.array([0, 5]), cfg, nets, 3, 4)
-    states, metrics = agent.make_train_fn(cfg, nets, agent.uniform_sampler(8), 3)(states, data)
+
+    def inputs():
+        k = jax.random.split(jax.random.PRNGKey(11), 5)
+        n = 64
+        data = Batch(jax.random.normal(k[0], (n, 3)), jnp.clip(0.7 * jax.random.normal(k[1], (n, 2, 2)), -1, 1),
+                     jax.random.normal(k[2], (n,)), (jnp.arange(n) % 3 != 0).astype(jnp.float32),
+                     jax.random.normal(k[3], (n, 3)), (jnp.arange(n) % 4 != 1).astype(jnp.float32))
+        return agent.init_seeds(jnp.array([0, 5]), cfg, nets, 3, 4), data
+
+    states, data = fast_jit(inputs)()
+    train = agent.make_train_fn(cfg, nets, agent.uniform_sampler(8), 3)
+    states, metrics = train.lower(states, data).compile(compiler_options=tl.FAST_COMPILE)(states, data)
     out = {f"m/{name}": np.asarray(v, np.float64)[:, -1] for name, v in metrics.items()}
     for field in ("critic", "critic_target", "actor_bc", "actor_ref", "actor"):
         tree = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(getattr(states, field))]
@@ -363,11 +368,14 @@ def fingerprint(method):
 def test_trqam_and_qam_reproduce_the_numbers_from_before_sqam(method):
     """Every metric of the last update and every parameter set's checksums, recorded before SQAM existed.
 
-    The recording machine's CPU results were bit-identical before and after; the tolerances leave room
-    for another CPU's float32 rounding only (one Adam step moves the checksums by about 1e-3 relative).
+    The numbers were recorded with the default jit; on the recording machine the code after SQAM gave
+    bit-identical results there. Here both programs compile at XLA's lowest backend optimisation level
+    (faster), which changes float32 rounding by about 1e-5 relative on the KL and its EMA (small
+    differences of large velocities) and 1e-8 on the checksums: the tolerances leave room for that only,
+    while one Adam step moves a checksum by about 1e-3 relative.
     """
     got = fingerprint(method)
     assert set(got) == set(PINNED[method])
     for name, expected in PINNED[method].items():
-        tol = dict(rtol=1e-4, atol=1e-8) if name.startswith("m/") else dict(rtol=2e-6, atol=0)
+        tol = dict(rtol=2e-6, atol=0) if name.startswith("p/") else dict(rtol=1e-4, atol=1e-8)
         np.testing.assert_allclose(got[name], np.asarray(expected, np.float64), err_msg=name, **tol)
