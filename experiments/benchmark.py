@@ -15,9 +15,23 @@ with the budget `--budgets` cycling every T learners (kl_budget for trqam, the i
 qam) and a new seed after each full cycle. For each L it prints the compile time, learner-updates/s in
 total and per learner (scanned mode), and memory: the stacked state, XLA's temporary buffers and the
 domain dataset.
+
+Every table also gives the floor (experiments/roofline.py, docs/performance.md): the matmul FLOPs per
+learner-update counted from the jaxpr with loops multiplied out (GFLOP/upd), the TFLOP/s achieved, its
+share of the matmul ceiling (%mm), and the share of the floor's rate (%floor). The floor line before each
+table gives the fewest bytes per learner-update and which term bounds it. The ceilings are measured in the
+same run (a large matrix product in the row's precision, a large elementwise copy for bandwidth) unless
+--peak_tflops / --peak_bf16_tflops / --peak_bandwidth_gbs give them.
+
+  python -m experiments.benchmark --learners=1,8 --method=trqam,sqam       # FLOPs and rate per method
+  python -m experiments.benchmark --learners=1,8 --compute_dtype=float32,bfloat16
+  python -m experiments.benchmark --suite=gpu --profile_dir=/tmp/prof     # what experiments/gpu_check.sh runs
+  python -m experiments.benchmark --suite=gpu --tiny                      # the same at tiny shapes (CPU)
 """
 
+import dataclasses
 import functools
+import json
 import resource
 import time
 
@@ -26,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import roofline
 from trqam_jax import agent, chunks
 
 flags.DEFINE_list("seeds", ["1", "2", "4", "8"], "Numbers S of vmapped seeds to time.")
@@ -42,12 +57,145 @@ flags.DEFINE_integer("horizon", 5, "Chunk length H.")
 flags.DEFINE_integer("dataset_size", 100_000, "Transitions in the synthetic device-side dataset.")
 flags.DEFINE_integer("scan_steps", 20, "Updates per jitted call in the scanned mode.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per mode (after one warm-up call).")
-flags.DEFINE_enum("method", "trqam", ["bc", "trqam", "qam"], "Which update to time.")
+flags.DEFINE_list("method", ["trqam"], "Update(s) to time, one table each: any method AgentConfig accepts "
+                  f"({', '.join(agent.METHODS)}).")
+flags.DEFINE_list("compute_dtype", ["float32"], "AgentConfig.compute_dtype(s) to time: float32 (the reference) "
+                  "and/or bfloat16 (matmul inputs in bf16).")
 flags.DEFINE_enum("matmul_precision", "default", ["default", "high", "highest", "bfloat16", "tensorfloat32", "float32"],
                   "jax_default_matmul_precision ('default': jax's own).")
+flags.DEFINE_float("peak_tflops", 0.0, "Matmul ceiling of float32 rows in TFLOP/s (0: measure it in this run).")
+flags.DEFINE_float("peak_bf16_tflops", 0.0, "Matmul ceiling of bfloat16 rows in TFLOP/s (0: measure it).")
+flags.DEFINE_float("peak_bandwidth_gbs", 0.0, "Memory bandwidth ceiling in GB/s (0: measure it).")
+flags.DEFINE_integer("ceiling_matmul_size", 0, "n of the n x n x n product that measures the matmul ceiling "
+                     "(0: 8192 on an accelerator, 1024 on a CPU, 256 with --tiny on a CPU).")
+flags.DEFINE_integer("ceiling_copy_mb", 0, "MB of the array that measures bandwidth (0: 1024 on an accelerator, 64 on "
+                     "a CPU, 8 with --tiny on a CPU).")
+flags.DEFINE_string("profile_dir", "", "If set, a jax.profiler trace of --profile_calls calls of the scanned program "
+                    "(scan_steps updates each) at the last L of the (first) learners table is written here.")
+flags.DEFINE_integer("profile_calls", 1, "Calls of the scanned program under the profiler.")
+flags.DEFINE_enum("suite", "", ["", "gpu"], "gpu: the GPU check's rows in one process (ceilings; L = 1, 8, 40 at width "
+                  "512 and 1, 8, 20 at width 1024, BC-only at width 512, each in float32 and bfloat16). Sizes come "
+                  "from the flags unless --tiny.")
+flags.DEFINE_bool("tiny", False, "Tiny shapes and few learners (a CPU check of the suite; figures mean nothing).")
+flags.DEFINE_float("time_budget_s", 0.0, "Suite: rows that would start after this many seconds are skipped with a "
+                   "line (0: no limit).")
+flags.DEFINE_bool("records", False, "Also print one 'RESULT {json}' line per row and 'CEILING {json}' per ceiling "
+                  "(the suite always does; experiments/roofline.py table reads them).")
 FLAGS = flags.FLAGS
 
-BUDGET_FIELD = {"trqam": "kl_budget", "qam": "inv_temp"}  # the hyperparameter the budget axis sweeps
+TINY = dict(hidden=16, num_critics=2, flow_steps=2, batch_size=8, obs_dim=6, action_dim=2, horizon=2,
+            dataset_size=500, tasks=2, scan_steps=2, repeats=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    hidden: int
+    num_critics: int
+    flow_steps: int
+    batch_size: int
+    obs_dim: int
+    action_dim: int
+    horizon: int
+    dataset_size: int
+    tasks: int
+    scan_steps: int
+    repeats: int
+
+    @property
+    def chunk_dim(self):
+        return self.horizon * self.action_dim
+
+
+def shapes_from_flags() -> Shapes:
+    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Shapes)}
+    return Shapes(**(TINY if FLAGS.tiny else values))
+
+
+def budget_field(method):
+    """The hyperparameter the budget axis sweeps: the QAM inverse temperature, or eps of a trust-region method."""
+    if method == "qam":
+        return "inv_temp"
+    return "kl_budget" if method in getattr(agent, "TRUST_REGION_METHODS", ("trqam",)) else None
+
+
+def make_config(method, compute_dtype, shapes: Shapes, hidden=None) -> agent.AgentConfig:
+    return agent.AgentConfig(method=method, hidden_dims=(hidden or shapes.hidden,) * 4,
+                             num_critics=shapes.num_critics, flow_steps=shapes.flow_steps,
+                             batch_size=shapes.batch_size, compute_dtype=compute_dtype)
+
+
+def record(tag, **values):
+    if FLAGS.records or FLAGS.suite:
+        print(f"{tag} {json.dumps(values)}", flush=True)
+
+
+class Ceilings:
+    """Matmul FLOP/s per compute dtype and bandwidth in bytes/s: from the flags, else measured once here."""
+
+    def __init__(self):
+        accelerator = jax.default_backend() != "cpu"
+        self.matmul_size = FLAGS.ceiling_matmul_size or (8192 if accelerator else 256 if FLAGS.tiny else 1024)
+        self.copy_mb = FLAGS.ceiling_copy_mb or (1024 if accelerator else 8 if FLAGS.tiny else 64)
+        self.given = {"float32": FLAGS.peak_tflops * 1e12, "bfloat16": FLAGS.peak_bf16_tflops * 1e12}
+        self._matmul, self._bandwidth = {}, None
+
+    def matmul(self, dtype) -> float:
+        if dtype not in self._matmul:
+            if self.given.get(dtype):
+                self._matmul[dtype], how = self.given[dtype], "given"
+            else:
+                self._matmul[dtype] = roofline.matmul_ceiling(dtype, self.matmul_size)
+                how = f"measured: {self.matmul_size}^3 product, random inputs, median of 10"
+            precision = jax.config.jax_default_matmul_precision or "default"
+            what = f"matmul {dtype}" + (f" (precision {precision})" if dtype == "float32" else " (f32 accumulate)")
+            print(f"ceiling: {what} {self._matmul[dtype] / 1e12:.4g} TFLOP/s ({how})", flush=True)
+            record("CEILING", what=what, value=self._matmul[dtype] / 1e12, unit="TFLOP/s", how=how)
+        return self._matmul[dtype]
+
+    def bandwidth(self) -> float:
+        if self._bandwidth is None:
+            if FLAGS.peak_bandwidth_gbs:
+                self._bandwidth, how = FLAGS.peak_bandwidth_gbs * 1e9, "given"
+            else:
+                self._bandwidth = roofline.bandwidth_ceiling(self.copy_mb)
+                how = f"measured: y = 2x over {self.copy_mb} MB, bytes read + written, median of 10"
+            print(f"ceiling: bandwidth {self._bandwidth / 1e9:.4g} GB/s ({how})", flush=True)
+            record("CEILING", what="bandwidth", value=self._bandwidth / 1e9, unit="GB/s", how=how)
+        return self._bandwidth
+
+
+@dataclasses.dataclass(frozen=True)
+class Roof:
+    """The floor of one configuration against the ceilings of its dtype."""
+
+    floor: roofline.UpdateFloor
+    peak_flops: float
+    peak_bytes: float
+
+    def columns(self, updates_per_s):
+        """(GFLOP per learner-update, achieved TFLOP/s, % of the matmul ceiling, % of the floor's rate)."""
+        tflops = updates_per_s * self.floor.flops / 1e12
+        return (self.floor.flops / 1e9, tflops, 100 * tflops * 1e12 / self.peak_flops,
+                100 * updates_per_s / self.floor.rate(self.peak_flops, self.peak_bytes))
+
+    def fields(self, updates_per_s):
+        gflop, tflops, pct_mm, pct_floor = self.columns(updates_per_s)
+        return dict(gflop=gflop, tflops=tflops, pct_matmul=pct_mm, pct_floor=pct_floor,
+                    floor_mb=self.floor.bytes / 1e6, floor_rate=self.floor.rate(self.peak_flops, self.peak_bytes),
+                    bound=self.floor.bound(self.peak_flops, self.peak_bytes))
+
+
+def roof_of(cfg, nets, shapes: Shapes, ceilings: Ceilings) -> Roof:
+    floor = roofline.update_floor(cfg, nets, shapes.obs_dim, shapes.horizon, shapes.action_dim)
+    roof = Roof(floor, ceilings.matmul(cfg.compute_dtype), ceilings.bandwidth())
+    compute_s, memory_s = floor.times(roof.peak_flops, roof.peak_bytes)
+    print(f"floor ({cfg.method}, {cfg.compute_dtype}, width {cfg.hidden_dims[0]}): "
+          f"{floor.flops / 1e9:.4g} GFLOP of matmuls and {floor.bytes / 1e6:.4g} MB per learner-update "
+          f"(weights {floor.weight_bytes / 1e6:.4g}, optimizer {floor.optimizer_bytes / 1e6:.4g}, EMA "
+          f"{floor.ema_bytes / 1e6:.4g}): {floor.intensity:.0f} FLOP/byte; {compute_s * 1e6:.1f} us of matmul "
+          f"and {memory_s * 1e6:.1f} us of traffic at the ceilings: {floor.bound(roof.peak_flops, roof.peak_bytes)}"
+          f"-bound, at most {floor.rate(roof.peak_flops, roof.peak_bytes):,.0f} learner-updates/s", flush=True)
+    return roof
 
 
 def synthetic_data(n, obs_dim, action_dim, seed=0, num_tasks=None):
@@ -99,66 +247,154 @@ def learner_axes(num_learners, num_tasks, budgets):
     return tasks, np.asarray(budgets, np.float32)[cycle % len(budgets)], cycle // len(budgets)
 
 
-def bench_seeds(cfg, nets, chunk_dim, sampler_kwargs):
-    sample = functools.partial(chunks.sample_chunks, **sampler_kwargs)
-    data = synthetic_data(FLAGS.dataset_size, FLAGS.obs_dim, FLAGS.action_dim)
+def bench_seeds(cfg, nets, shapes: Shapes, roof: Roof):
+    sample = functools.partial(chunks.sample_chunks, batch_size=cfg.batch_size, horizon=shapes.horizon,
+                               discount=cfg.discount)
+    data = synthetic_data(shapes.dataset_size, shapes.obs_dim, shapes.action_dim)
     header = (f"{'S':>3} {'compile s':>9} {'scan upd/s/seed':>15} {'scan upd/s total':>16} "
-              f"{'step upd/s/seed':>15} {'step upd/s total':>16} {'XLA temp MB':>11} {'state MB':>8}")
+              f"{'step upd/s/seed':>15} {'step upd/s total':>16} {'GFLOP/upd':>9} {'TFLOP/s':>8} {'%mm':>5} "
+              f"{'%floor':>6} {'XLA temp MB':>11} {'state MB':>8}")
     print(header)
     for num_seeds in [int(s) for s in FLAGS.seeds]:
-        states = agent.init_seeds(jnp.arange(num_seeds), cfg, nets, FLAGS.obs_dim, chunk_dim)
-        scanned = agent.make_train_fn(cfg, nets, sample, FLAGS.scan_steps)
-        compile_s, temp_mb, state_mb, seconds, states = time_scanned(scanned, states, data, FLAGS.repeats)
-        scan_rate = FLAGS.scan_steps / seconds
+        states = agent.init_seeds(jnp.arange(num_seeds), cfg, nets, shapes.obs_dim, shapes.chunk_dim)
+        scanned = agent.make_train_fn(cfg, nets, sample, shapes.scan_steps)
+        compile_s, temp_mb, state_mb, seconds, states = time_scanned(scanned, states, data, shapes.repeats)
+        scan_rate = shapes.scan_steps / seconds
         single = agent.make_train_fn(cfg, nets, sample, 1)
-        seconds, states = time_calls(single, states, data, FLAGS.repeats * 2)
+        seconds, states = time_calls(single, states, data, shapes.repeats * 2)
         step_rate = 1.0 / seconds
+        gflop, tflops, pct_mm, pct_floor = roof.columns(scan_rate * num_seeds)
         print(f"{num_seeds:>3} {compile_s:>9.1f} {scan_rate:>15.1f} {scan_rate * num_seeds:>16.1f} "
-              f"{step_rate:>15.1f} {step_rate * num_seeds:>16.1f} {temp_mb:>11.1f} {state_mb:>8.1f}")
+              f"{step_rate:>15.1f} {step_rate * num_seeds:>16.1f} {gflop:>9.3g} {tflops:>8.3g} {pct_mm:>5.1f} "
+              f"{pct_floor:>6.1f} {temp_mb:>11.1f} {state_mb:>8.1f}", flush=True)
+        record("RESULT", mode="seeds", method=cfg.method, compute_dtype=cfg.compute_dtype, width=cfg.hidden_dims[0],
+               learners=num_seeds, updates_per_s=scan_rate * num_seeds, step_updates_per_s=step_rate * num_seeds,
+               compile_s=compile_s, temp_mb=temp_mb, state_mb=state_mb, **roof.fields(scan_rate * num_seeds))
 
 
-def bench_learners(cfg, nets, chunk_dim, sampler_kwargs):
-    domain = synthetic_data(FLAGS.dataset_size, FLAGS.obs_dim, FLAGS.action_dim, num_tasks=FLAGS.tasks)
+def profile_calls(compiled, states, data, profile_dir, calls):
+    """A jax.profiler trace of `calls` calls of a compiled program (perfetto and TensorBoard formats)."""
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+        for _ in range(calls):
+            states, metrics = compiled(states, data)
+        jax.block_until_ready((states, metrics))
+    return states
+
+
+def bench_learners(cfg, nets, shapes: Shapes, roof: Roof, learner_counts, profile_dir="", deadline=None):
+    """The learners table of one configuration. deadline: a perf_counter time after which no row starts."""
+    domain = synthetic_data(shapes.dataset_size, shapes.obs_dim, shapes.action_dim, num_tasks=shapes.tasks)
     dataset_mb = chunks.tree_nbytes(domain) / 2**20
     budgets = [float(b) for b in FLAGS.budgets]
-    field = BUDGET_FIELD.get(cfg.method)
-    print(f"learners: task i % {FLAGS.tasks}, " + (f"{field} cycling over {budgets} every {FLAGS.tasks} learners, "
-                                                  if field else "") + "then the next seed")
+    field = budget_field(cfg.method)
+    print(f"learners: task i % {shapes.tasks}, " + (f"{field} cycling over {budgets} every {shapes.tasks} learners, "
+                                                   if field else "") + "then the next seed")
     # One jit for every L: the domain data is shared (vmap axis None), the task index is per learner.
-    scanned = agent.make_train_fn(cfg, nets, chunks.task_sampler(chunks.sample_chunks, **sampler_kwargs),
-                                  FLAGS.scan_steps, data_in_axes=chunks.TASK_OFFLINE_IN_AXES)
-    print(f"{'L':>3} {'compile s':>9} {'upd/s total':>11} {'upd/s/learner':>13} {'state MB':>8} "
-          f"{'XLA temp MB':>11} {'dataset MB':>10}")
-    for num_learners in [int(n) for n in FLAGS.learners]:
-        tasks, values, seeds = learner_axes(num_learners, FLAGS.tasks, budgets)
+    sampler = chunks.task_sampler(chunks.sample_chunks, batch_size=cfg.batch_size, horizon=shapes.horizon,
+                                  discount=cfg.discount)
+    scanned = agent.make_train_fn(cfg, nets, sampler, shapes.scan_steps, data_in_axes=chunks.TASK_OFFLINE_IN_AXES)
+    print(f"{'L':>3} {'compile s':>9} {'upd/s total':>11} {'upd/s/learner':>13} {'GFLOP/upd':>9} {'TFLOP/s':>8} "
+          f"{'%mm':>5} {'%floor':>6} {'state MB':>8} {'XLA temp MB':>11} {'dataset MB':>10}", flush=True)
+    for index, num_learners in enumerate(learner_counts):
+        ident = dict(mode="learners", method=cfg.method, compute_dtype=cfg.compute_dtype, width=cfg.hidden_dims[0],
+                     learners=num_learners)
+        if deadline is not None and time.perf_counter() > deadline:
+            print(f"{num_learners:>3} skipped: past the time budget", flush=True)
+            record("RESULT", skipped="past the time budget", **ident)
+            continue
+        tasks, values, seeds = learner_axes(num_learners, shapes.tasks, budgets)
         hparams = agent.hyperparams(cfg, **{field: values}) if field else None
-        states = agent.init_seeds(seeds, cfg, nets, FLAGS.obs_dim, chunk_dim, hparams=hparams)
+        states = agent.init_seeds(seeds, cfg, nets, shapes.obs_dim, shapes.chunk_dim, hparams=hparams)
         data = chunks.TaskData(domain, jnp.asarray(tasks))
-        compile_s, temp_mb, state_mb, seconds, _ = time_scanned(scanned, states, data, FLAGS.repeats)
-        rate = FLAGS.scan_steps / seconds  # updates/s of each learner
-        print(f"{num_learners:>3} {compile_s:>9.1f} {rate * num_learners:>11.1f} {rate:>13.1f} {state_mb:>8.1f} "
-              f"{temp_mb:>11.1f} {dataset_mb:>10.1f}")
+        start = time.perf_counter()
+        compiled = scanned.lower(states, data).compile()
+        compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        temp_mb = getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory is not None else float("nan")
+        state_mb = chunks.tree_nbytes(states) / 2**20
+        seconds, states = time_calls(compiled, states, data, shapes.repeats)
+        rate = shapes.scan_steps / seconds  # updates/s of each learner
+        gflop, tflops, pct_mm, pct_floor = roof.columns(rate * num_learners)
+        print(f"{num_learners:>3} {compile_s:>9.1f} {rate * num_learners:>11.1f} {rate:>13.1f} {gflop:>9.3g} "
+              f"{tflops:>8.3g} {pct_mm:>5.1f} {pct_floor:>6.1f} {state_mb:>8.1f} {temp_mb:>11.1f} "
+              f"{dataset_mb:>10.1f}", flush=True)
+        record("RESULT", updates_per_s=rate * num_learners, compile_s=compile_s, state_mb=state_mb, temp_mb=temp_mb,
+               **ident, **roof.fields(rate * num_learners))
+        if profile_dir and index == len(learner_counts) - 1:
+            profile_calls(compiled, states, data, profile_dir, FLAGS.profile_calls)
+            print(f"profile: {FLAGS.profile_calls} call(s) of {shapes.scan_steps} updates at L = {num_learners} "
+                  f"written under {profile_dir}", flush=True)
+
+
+def suite_rows(methods, tiny):
+    """(method, width, compute_dtype, learner counts, profile?) of the GPU check, most wanted first."""
+    wide, narrow = (24, 16) if tiny else (1024, 512)
+    first, second = ((2,), (1,)) if tiny else ((1, 8, 40), (1, 8, 40))
+    wide_counts = (1,) if tiny else (1, 8, 20)
+    rows = [(m, narrow, "float32", first, i == 0) for i, m in enumerate(methods)]
+    rows += [(m, narrow, "bfloat16", second, False) for m in methods]
+    rows += [("bc", narrow, dtype, second, False) for dtype in ("float32", "bfloat16")]
+    # Tiny (a CPU check of the plumbing): the wide rows in float32 only, to keep it short.
+    rows += [(m, wide, dtype, wide_counts, False) for m in methods
+             for dtype in (("float32",) if tiny else ("float32", "bfloat16"))]
+    return rows
+
+
+def run_suite(shapes: Shapes, ceilings: Ceilings, methods):
+    start = time.perf_counter()
+    deadline = start + FLAGS.time_budget_s if FLAGS.time_budget_s > 0 else None
+    ceilings.matmul("float32"), ceilings.matmul("bfloat16"), ceilings.bandwidth()
+    for method, width, dtype, counts, profile in suite_rows(methods, FLAGS.tiny):
+        print(f"\n== {method}, width {width}, {dtype}, L = {', '.join(map(str, counts))} "
+              f"({time.perf_counter() - start:.0f} s into the suite)", flush=True)
+        if deadline is not None and time.perf_counter() > deadline:
+            print("skipped: past the time budget", flush=True)
+            for n in counts:
+                record("RESULT", mode="learners", method=method, compute_dtype=dtype, width=width, learners=n,
+                       skipped="past the time budget")
+            continue
+        cfg = make_config(method, dtype, shapes, hidden=width)
+        nets = agent.make_networks(cfg, shapes.chunk_dim)
+        bench_learners(cfg, nets, shapes, roof_of(cfg, nets, shapes, ceilings), counts,
+                       FLAGS.profile_dir if profile else "", deadline)
 
 
 def main(_):
-    if FLAGS.learners and (FLAGS.tasks < 1 or min(int(n) for n in FLAGS.learners) < 1 or not FLAGS.budgets):
+    shapes = shapes_from_flags()
+    learner_counts = [int(n) for n in FLAGS.learners] if FLAGS.learners else None
+    if learner_counts is not None and (shapes.tasks < 1 or min(learner_counts) < 1 or not FLAGS.budgets):
         raise app.UsageError("--learners needs learner counts >= 1, --tasks >= 1 and at least one --budgets value.")
+    if not FLAGS.method or not FLAGS.compute_dtype:
+        raise app.UsageError("--method and --compute_dtype need at least one value each.")
+    for method in FLAGS.method:
+        for dtype in FLAGS.compute_dtype:
+            try:
+                make_config(method, dtype, shapes)
+            except ValueError as e:
+                raise app.UsageError(str(e))
     jax.config.update("jax_default_matmul_precision",
                       None if FLAGS.matmul_precision == "default" else FLAGS.matmul_precision)
-    cfg = agent.AgentConfig(method=FLAGS.method, hidden_dims=(FLAGS.hidden,) * 4, num_critics=FLAGS.num_critics,
-                            flow_steps=FLAGS.flow_steps, batch_size=FLAGS.batch_size)
-    chunk_dim = FLAGS.horizon * FLAGS.action_dim
-    nets = agent.make_networks(cfg, chunk_dim)
-    sampler_kwargs = dict(batch_size=cfg.batch_size, horizon=FLAGS.horizon, discount=cfg.discount)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"matmul precision {jax.config.jax_default_matmul_precision or 'default'}")
-    print(f"config: method={cfg.method} width={FLAGS.hidden}x4 critics={cfg.num_critics} K={cfg.flow_steps} "
-          f"B={cfg.batch_size} O={FLAGS.obs_dim} A={FLAGS.action_dim} H={FLAGS.horizon}, "
-          f"scan_steps={FLAGS.scan_steps}")
-    if FLAGS.learners:
-        bench_learners(cfg, nets, chunk_dim, sampler_kwargs)
+    print(f"config: width={shapes.hidden}x4 critics={shapes.num_critics} K={shapes.flow_steps} B={shapes.batch_size} "
+          f"O={shapes.obs_dim} A={shapes.action_dim} H={shapes.horizon}, scan_steps={shapes.scan_steps}"
+          + (" (tiny)" if FLAGS.tiny else ""), flush=True)
+    ceilings = Ceilings()
+    if FLAGS.suite:
+        run_suite(shapes, ceilings, FLAGS.method)
     else:
-        bench_seeds(cfg, nets, chunk_dim, sampler_kwargs)
+        profile_dir = FLAGS.profile_dir
+        for method in FLAGS.method:
+            for dtype in FLAGS.compute_dtype:
+                cfg = make_config(method, dtype, shapes)
+                nets = agent.make_networks(cfg, shapes.chunk_dim)
+                print(f"\n== method={cfg.method} compute_dtype={cfg.compute_dtype}", flush=True)
+                roof = roof_of(cfg, nets, shapes, ceilings)
+                if learner_counts:
+                    bench_learners(cfg, nets, shapes, roof, learner_counts, profile_dir)
+                    profile_dir = ""  # the first table only
+                else:
+                    bench_seeds(cfg, nets, shapes, roof)
     peak = device_peak_bytes()
     if peak is not None:
         print(f"device peak memory: {peak / 2**30:.2f} GiB")

@@ -1,12 +1,59 @@
 """Networks (conventions §1): the velocity field v(s, x, t) and the critic ensemble Q_j(s, a_chunk).
 
 Both work on a single example (s of shape (O,)) or on any leading batch shape.
+
+`compute_dtype` ("float32", the reference; or "bfloat16") is the dtype of the matrix products' inputs.
+With "bfloat16" each Dense casts its input and kernel to bfloat16 in the forward pass and its float32
+cotangent to bfloat16 in the backward pass, and accumulates and returns float32: parameters, biases,
+activations, LayerNorm and everything downstream stay float32 (docs/conventions.md §1).
 """
 
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@jax.custom_vjp
+def _bf16_matmul(x, kernel):
+    """x @ kernel with bfloat16 inputs and float32 accumulation and output, in both passes."""
+    return jnp.matmul(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_fwd(x, kernel):
+    xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    return jnp.matmul(xb, kb, preferred_element_type=jnp.float32), (xb, kb)
+
+
+def _bf16_matmul_bwd(residuals, g):
+    xb, kb = residuals
+    gb = g.astype(jnp.bfloat16)
+    dx = jnp.matmul(gb, kb.T, preferred_element_type=jnp.float32)
+    lead = tuple(range(xb.ndim - 1))
+    dk = jnp.tensordot(xb, gb, axes=(lead, lead), preferred_element_type=jnp.float32)
+    return dx, dk
+
+
+_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's dot_general (input's last axis against the kernel's first) through `_bf16_matmul`."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    if tuple(lhs_contract) != (lhs.ndim - 1,) or tuple(rhs_contract) != (0,) or lhs_batch or rhs_batch \
+            or rhs.ndim != 2:
+        raise NotImplementedError(f"bf16_dot_general takes a Dense product only, got {dimension_numbers}")
+    return _bf16_matmul(lhs, rhs)
+
+
+def dense_dot_general(compute_dtype: str):
+    """The dot_general that nn.Dense gets: None (flax's own, the float32 reference) or the bfloat16 one."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"Unknown compute_dtype {compute_dtype!r}: use one of {COMPUTE_DTYPES}.")
+    return None if compute_dtype == "float32" else bf16_dot_general
 
 
 class MLP(nn.Module):
@@ -15,15 +62,19 @@ class MLP(nn.Module):
     hidden_dims: Sequence[int]
     output_dim: int
     layer_norm: bool = False
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
         kernel_init = nn.initializers.xavier_uniform()
+        dot = dense_dot_general(self.compute_dtype)
+        dense = (lambda width: nn.Dense(width, kernel_init=kernel_init)) if dot is None else \
+            (lambda width: nn.Dense(width, kernel_init=kernel_init, dot_general=dot))
         for width in self.hidden_dims:
-            x = nn.gelu(nn.Dense(width, kernel_init=kernel_init)(x))
+            x = nn.gelu(dense(width)(x))
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
-        return nn.Dense(self.output_dim, kernel_init=kernel_init)(x)
+        return dense(self.output_dim)(x)
 
 
 class VelocityField(nn.Module):
@@ -32,13 +83,14 @@ class VelocityField(nn.Module):
     hidden_dims: Sequence[int]
     chunk_dim: int
     layer_norm: bool = False
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, observations, x, t):
         # t may be a scalar shared by the whole batch or one time per example.
         t = jnp.broadcast_to(jnp.asarray(t, x.dtype)[..., None], x.shape[:-1] + (1,))
         inputs = jnp.concatenate([observations, x, t], axis=-1)
-        return MLP(self.hidden_dims, self.chunk_dim, self.layer_norm)(inputs)
+        return MLP(self.hidden_dims, self.chunk_dim, self.layer_norm, self.compute_dtype)(inputs)
 
 
 class CriticEnsemble(nn.Module):
@@ -47,6 +99,7 @@ class CriticEnsemble(nn.Module):
     hidden_dims: Sequence[int]
     num_critics: int = 10
     layer_norm: bool = True
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, observations, actions):
@@ -59,4 +112,4 @@ class CriticEnsemble(nn.Module):
             axis_size=self.num_critics,
         )
         inputs = jnp.concatenate([observations, actions], axis=-1)
-        return ensemble(self.hidden_dims, 1, self.layer_norm)(inputs)[..., 0]
+        return ensemble(self.hidden_dims, 1, self.layer_norm, self.compute_dtype)(inputs)[..., 0]
