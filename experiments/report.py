@@ -1173,7 +1173,7 @@ def plot_profiles(rows: Sequence[Row], phase: str, path: str, reps: int = BOOTST
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-    ax.set_title(f"performance profile, {phase} (95% stratified bootstrap band)", fontsize=9)
+    ax.set_title(f"performance profile, {phase}\n(bands: 95% stratified bootstrap CI)", fontsize=8)
     fig.savefig(path, dpi=100)
     return fig
 
