@@ -2,6 +2,11 @@
 
     python -m experiments.cost --updates_per_s=2400 --learners_per_program=8 \
         --single_updates_per_s=500 --env_steps_per_s=1000 --cores=16 --devices=8
+    python -m experiments.cost --from_gpu_check=LOG_DIR/log.txt --learners_per_program=40 \
+        --env_steps_per_s=1000 --cores=16 --devices=8
+
+The accelerator figures are to be filled from the GPU check (experiments/gpu_check.sh, docs/performance.md):
+--from_gpu_check reads them from its log, and any flag given explicitly wins.
 
 Two layouts of the same work, side by side:
 
@@ -39,7 +44,9 @@ compilation, checkpoints, CPU contention between online envs and evaluation work
 """
 
 import dataclasses
+import json
 import math
+import sys
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from experiments.configs.domains import DOMAIN_SETTINGS, SUITE_DOMAINS
@@ -80,10 +87,36 @@ class Assumptions:
     wide_cost: float = 1.0  # time of a width-1024 update / time of a width-512 update
     bc_cost: float = 1.0  # time of a BC update / time of a fine-tuning update
 
+    def __post_init__(self):
+        problem = assumption_problem(self)
+        if problem:
+            raise ValueError(problem)
+
     def single_rate(self) -> float:
         if self.single_updates_per_s is not None:
             return self.single_updates_per_s
         return self.updates_per_s / self.learners_per_program
+
+
+# (field, test, what is allowed): rates and counts that divide must be positive, the rest not negative.
+_POSITIVE = ("updates_per_s", "env_steps_per_s", "learners_per_program", "single_updates_per_s", "cores",
+             "online_env_workers", "devices", "reference_programs_per_device", "seeds", "tasks_per_domain",
+             "wide_cost", "bc_cost")
+
+
+def assumption_problem(a: "Assumptions") -> Optional[str]:
+    """None if every assumption is usable, else a one-line message naming the first flag that is not."""
+    for field in dataclasses.fields(a):
+        value = getattr(a, field.name)
+        if value is None:  # single_updates_per_s: derived from updates_per_s
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"--{field.name}={value} must be a finite number"
+        if field.name in _POSITIVE and not value > 0:
+            return f"--{field.name}={value} must be > 0"
+        if not value >= 0:
+            return f"--{field.name}={value} must be >= 0"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,10 +247,57 @@ def format_cost(cost: ProtocolCost) -> str:
     return "\n".join(lines)
 
 
+def figures_from_gpu_check(lines, learners_per_program: int, compute_dtype: str = "float32",
+                           method: str = "trqam") -> Tuple[Dict[str, float], Dict[str, str]]:
+    """Measured figures from the 'RESULT {json}' and 'REFERENCE {json}' lines of a GPU-check log.
+
+    updates_per_s: `method` at the narrowest width with L = learners_per_program; single_updates_per_s: the
+    reference update with a fixed batch (one seed, one call per update); wide_cost: per-learner time at the widest
+    over the narrowest width, and bc_cost: a BC update's time over a `method` one, each at the largest L measured
+    for both. Returns (figures, where each came from); a figure without rows is left out.
+    """
+    rows, refs = [], []
+    for line in lines:
+        tag, _, rest = line.strip().partition(" ")
+        if tag in ("RESULT", "REFERENCE") and rest.startswith("{"):
+            try:
+                (rows if tag == "RESULT" else refs).append(json.loads(rest))
+            except json.JSONDecodeError:
+                continue
+    rate = {(r["method"], r["width"], r["learners"]): r["updates_per_s"] for r in rows
+            if r.get("mode") == "learners" and r.get("compute_dtype") == compute_dtype and "updates_per_s" in r}
+    widths = sorted({w for m, w, _ in rate if m == method})
+    figures, notes = {}, {}
+    if not widths:
+        return figures, notes
+    narrow, wide = widths[0], widths[-1]
+
+    def common(a, b):
+        both = [n for (m, w, n) in rate if (m, w) == a and (b[0], b[1], n) in rate]
+        return max(both) if both else None
+
+    if (method, narrow, learners_per_program) in rate:
+        figures["updates_per_s"] = rate[(method, narrow, learners_per_program)]
+        notes["updates_per_s"] = f"{method} width {narrow} {compute_dtype} at L = {learners_per_program}"
+    fixed = [r["updates_per_s"] for r in refs if not r.get("host_batch") and "updates_per_s" in r]
+    if fixed:
+        figures["single_updates_per_s"] = fixed[-1]
+        notes["single_updates_per_s"] = "the reference update, fixed batch, one call per update"
+    n = common((method, wide), (method, narrow)) if wide != narrow else None
+    if n is not None:
+        figures["wide_cost"] = rate[(method, narrow, n)] / rate[(method, wide, n)]
+        notes["wide_cost"] = f"width {narrow} over width {wide} learner-updates/s at L = {n}"
+    n = common(("bc", narrow), (method, narrow))
+    if n is not None:
+        figures["bc_cost"] = rate[(method, narrow, n)] / rate[("bc", narrow, n)]
+        notes["bc_cost"] = f"{method} over bc learner-updates/s at width {narrow}, L = {n}"
+    return figures, notes
+
+
 def main(argv=None):
     import argparse
 
-    defaults = Assumptions(updates_per_s=1.0, env_steps_per_s=1.0)
+    defaults = Assumptions(updates_per_s=1.0, env_steps_per_s=1.0)  # only the other fields' defaults are used
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     helps = {
@@ -235,14 +315,43 @@ def main(argv=None):
         "wide_cost": "time of a width-1024 update relative to width 512 (measure it)",
         "bc_cost": "time of a BC update relative to a fine-tuning update (measure it)",
     }
+    parser.add_argument("--from_gpu_check", default="", metavar="LOG",
+                        help="take the measured figures from a GPU-check log (experiments/gpu_check.sh's log.txt): "
+                             "updates_per_s, single_updates_per_s, wide_cost and bc_cost; flags given explicitly win")
+    parser.add_argument("--gpu_check_dtype", default="float32", help="which compute_dtype's rows --from_gpu_check reads")
     for field in dataclasses.fields(Assumptions):
-        required = field.name in ("updates_per_s", "env_steps_per_s")
-        default = None if required else getattr(defaults, field.name)
-        kind = float if default is None else type(default)
-        parser.add_argument(f"--{field.name}", type=kind, default=default, required=required,
-                            help=helps.get(field.name, f"default {default}"))
-    args = parser.parse_args(argv)
-    cost = protocol_cost(Assumptions(**vars(args)))
+        default = getattr(defaults, field.name)
+        kind = float if default is None or field.name == "updates_per_s" else type(default)
+        shown = "required" if field.name in ("updates_per_s", "env_steps_per_s") else f"default {default}"
+        parser.add_argument(f"--{field.name}", type=kind, default=None, help=helps.get(field.name, shown))
+    args = vars(parser.parse_args(argv))
+    log, dtype = args.pop("from_gpu_check"), args.pop("gpu_check_dtype")
+    given = {k: v for k, v in args.items() if v is not None}
+    values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(Assumptions)}
+    values.pop("updates_per_s"), values.pop("env_steps_per_s")
+    if log:
+        try:
+            with open(log) as f:
+                measured, notes = figures_from_gpu_check(f, given.get("learners_per_program", values["learners_per_program"]),
+                                                         dtype)
+        except OSError as e:
+            print(f"experiments.cost: error: --from_gpu_check: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        for name, value in measured.items():
+            print(f"from {log}: --{name}={value:.4g} ({notes[name]})" + (" [overridden by the flag]" if name in given else ""))
+        values.update(measured)
+    values.update(given)
+    missing = [name for name in ("updates_per_s", "env_steps_per_s") if name not in values]
+    if missing:
+        print(f"experiments.cost: error: --{missing[0]} is required" + (" (the GPU-check log has no row for it)"
+                                                                        if log else ""), file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        assumptions = Assumptions(**values)
+    except ValueError as e:  # one line, no traceback
+        print(f"experiments.cost: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    cost = protocol_cost(assumptions)
     print(format_cost(cost))
     return cost
 

@@ -108,3 +108,63 @@ def test_the_paper_protocol_reference_layout_by_hand(capsys):
     assert result.vmapped.update_hours * HOUR == pytest.approx(1_495_000 / 300 * 50 + 300_000 / 300 * 10)
     out = capsys.readouterr().out
     assert "--updates_per_s=2400.0" in out and "device-hours" in out and "(a) reference layout" in out
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--updates_per_s=0", "--updates_per_s=0.0 must be > 0"),
+    ("--updates_per_s=-2", "--updates_per_s=-2.0 must be > 0"),
+    ("--env_steps_per_s=nan", "--env_steps_per_s=nan must be a finite number"),
+    ("--single_updates_per_s=0", "--single_updates_per_s=0.0 must be > 0"),
+    ("--learners_per_program=0", "--learners_per_program=0 must be > 0"),
+    ("--cores=0", "--cores=0 must be > 0"),
+    ("--devices=-1", "--devices=-1 must be > 0"),
+    ("--bc_steps=-5", "--bc_steps=-5 must be >= 0"),
+    ("--episode_fraction=inf", "--episode_fraction=inf must be a finite number"),
+    ("--wide_cost=nan", "--wide_cost=nan must be a finite number"),
+])
+def test_the_command_rejects_a_bad_figure_in_one_line(flag, message):
+    """The real command: exit 2, one line on stderr that names the flag, no traceback, nothing on stdout."""
+    import subprocess
+    import sys
+
+    base = ["--updates_per_s=10", "--env_steps_per_s=100"]
+    run = subprocess.run([sys.executable, "-m", "experiments.cost", *base, flag], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"experiments.cost: error: {message}"]
+    assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+def test_assumptions_reject_bad_values_in_the_library_too():
+    with pytest.raises(ValueError, match="updates_per_s"):
+        cost.Assumptions(updates_per_s=0.0, env_steps_per_s=1.0)
+    with pytest.raises(ValueError, match="online_steps"):
+        cost.Assumptions(updates_per_s=1.0, env_steps_per_s=1.0, online_steps=-1)
+
+
+GPU_LOG = """\
+REFERENCE {"host_batch": false, "updates_per_s": 300.0, "width": 512}
+REFERENCE {"host_batch": true, "updates_per_s": 150.0, "width": 512}
+RESULT {"mode": "learners", "method": "trqam", "compute_dtype": "float32", "width": 512, "learners": 8, "updates_per_s": 800.0}
+RESULT {"mode": "learners", "method": "trqam", "compute_dtype": "float32", "width": 512, "learners": 40, "updates_per_s": 1000.0}
+RESULT {"mode": "learners", "method": "trqam", "compute_dtype": "bfloat16", "width": 512, "learners": 40, "updates_per_s": 1500.0}
+RESULT {"mode": "learners", "method": "trqam", "compute_dtype": "float32", "width": 1024, "learners": 8, "updates_per_s": 200.0}
+RESULT {"mode": "learners", "method": "trqam", "compute_dtype": "float32", "width": 1024, "learners": 20, "skipped": "past the time budget"}
+RESULT {"mode": "learners", "method": "bc", "compute_dtype": "float32", "width": 512, "learners": 8, "updates_per_s": 3200.0}
+"""
+
+
+def test_figures_from_a_gpu_check_log(tmp_path, capsys):
+    """wide_cost = 800 / 200 = 4 (at L = 8, the largest L of both widths); bc_cost = 800 / 3200 = 0.25."""
+    figures, notes = cost.figures_from_gpu_check(GPU_LOG.splitlines(), learners_per_program=40)
+    assert figures == {"updates_per_s": 1000.0, "single_updates_per_s": 300.0, "wide_cost": 4.0, "bc_cost": 0.25}
+    assert "L = 8" in notes["wide_cost"]
+    assert cost.figures_from_gpu_check(GPU_LOG.splitlines(), 40, "bfloat16")[0] == {
+        "updates_per_s": 1500.0, "single_updates_per_s": 300.0}
+    log = tmp_path / "log.txt"
+    log.write_text(GPU_LOG)
+    result = cost.main([f"--from_gpu_check={log}", "--learners_per_program=40", "--env_steps_per_s=1000",
+                        "--bc_cost=0.5"])
+    a = result.assumptions
+    assert (a.updates_per_s, a.single_updates_per_s, a.wide_cost, a.bc_cost) == (1000.0, 300.0, 4.0, 0.5)
+    assert "[overridden by the flag]" in capsys.readouterr().out
