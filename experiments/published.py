@@ -108,11 +108,15 @@ class Released:
         return None
 
     def score(self, name: str, method: str, phase: str, domain_tasks=None):
-        """(mean, std with ddof=1) in percent at 1M (offline) or 1.5M (online), or None."""
+        """(mean, std with ddof=1) in percent at 1M (offline) or 1.5M (online) over the seeds with a
+        value (NaN: missing), or None."""
         values = self.entry(name, method, domain_tasks)
         if values is None:
             return None
         row = values[self.row_of(OFFLINE_STEP if phase == "offline" else ONLINE_STEP)]
+        row = row[np.isfinite(row)]  # seeds the file lacks (NaN) left out
+        if row.size == 0:
+            return None
         std = float(100 * row.std(ddof=1)) if row.size > 1 else float("nan")
         return float(100 * row.mean()), std
 
@@ -150,8 +154,8 @@ def load_released(path: str) -> Released:
                                        f"{expected}") from None
         if array.ndim != 2 or array.shape[0] not in LAYOUTS or array.shape[1] < 1:
             raise ReleasedResultsError(f"{path}: entry {key} has shape {array.shape}; {expected}")
-        if not np.all(np.isfinite(array)):
-            raise ReleasedResultsError(f"{path}: entry {key} holds non-finite values")
+        if np.isinf(array).any():
+            raise ReleasedResultsError(f"{path}: entry {key} holds infinite values; expected success rates")
         entries[key] = array
         shapes.setdefault(array.shape, key)
     if len(shapes) > 1:
@@ -159,7 +163,9 @@ def load_released(path: str) -> Released:
         raise ReleasedResultsError(f"{path}: entries of different shapes, {k1} {s1} and {k2} {s2}; every entry "
                                    "should have the same layout")
     (rows, seeds), = shapes
-    low, high = min(a.min() for a in entries.values()), max(a.max() for a in entries.values())
+    finite = [a[np.isfinite(a)] for a in entries.values()]  # NaN: an evaluation the file lacks
+    low = min((a.min() for a in finite if a.size), default=0.0)
+    high = max((a.max() for a in finite if a.size), default=0.0)
     if low < 0 or high > 100:
         raise ReleasedResultsError(f"{path}: success values range over [{low:g}, {high:g}]; expected rates in "
                                    "[0, 1] (or percentages)")

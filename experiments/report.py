@@ -1011,7 +1011,12 @@ def _draw_released(ax, released, name: str, method: str, color: str, domain_task
     values = released.entry(name, method, domain_tasks)
     if values is None:
         return False
-    mean, std = 100 * values.mean(1), 100 * _std(values, axis=1)
+    import warnings
+
+    with warnings.catch_warnings():  # a row without any value (NaN) is left as a gap
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = 100 * np.nanmean(values, axis=1)
+        std = 100 * np.nanstd(values, axis=1, ddof=STD_DDOF)
     ax.plot(released.steps, mean, lw=1.4, ls="--", color=color, label=f"{method} (released)")
     if values.shape[1] > 1:
         ax.fill_between(released.steps, mean - std, mean + std, alpha=0.1, color=color, lw=0)

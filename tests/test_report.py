@@ -703,6 +703,15 @@ def test_released_results_in_percent_and_without_domain_entries(tmp_path):
     # No domain entry: the per-seed mean of its 5 tasks (10..50 % -> 30 %).
     assert released.score(CD, "SQAM", "offline", report._domain_tasks(CD)) == (pytest.approx(30.0), 0.0)
     assert released.score(CD, "SQAM", "offline") is None
+    # A seed the file lacks (NaN) is left out of that row's mean and std.
+    data[(env(CD, 1), "SQAM")][20] = [10.0, np.nan]
+    data[(env(CD, 2), "SQAM")][20] = np.nan
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    released = published.load_released(str(path))
+    assert released.score(env(CD, 1), "SQAM", "offline") == (pytest.approx(10.0), pytest.approx(np.nan, nan_ok=True))
+    assert released.score(env(CD, 2), "SQAM", "offline") is None
+    assert released.score(env(CD, 2), "SQAM", "online") == (pytest.approx(20.0), 0.0)
 
 
 @pytest.mark.parametrize("payload, message", [
