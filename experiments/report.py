@@ -482,9 +482,15 @@ def _rliable():
     """rliable's library and metrics modules (imported on first use: it takes seconds)."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from rliable import library, metrics
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from rliable import library, metrics
+    except Exception as e:  # not installed, or a dependency that does not import (arch with pandas 3)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ReportError(f"the statistics need rliable, which could not be imported ({type(e).__name__}: "
+                          f"{reason}); install it with: pip install rliable==1.2.0 'pandas<3' "
+                          "(or pass --nostats)") from None
     return library, metrics
 
 

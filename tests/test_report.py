@@ -595,6 +595,18 @@ def test_probability_of_improvement_by_hand(tmp_path):
     assert report.improvement(rows, reps=20, seed=3) == report.improvement(rows, reps=20, seed=3)
 
 
+def test_without_rliable_one_line_and_nostats_works(runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rliable", None)  # as if not installed
+    with pytest.raises(report.ReportError) as info:
+        make_report(runs_dir, str(tmp_path / "out"), plots=False)
+    assert str(info.value) == ("the statistics need rliable, which could not be imported (ModuleNotFoundError: import of "
+                               "rliable halted; None in sys.modules); install it with: pip install rliable==1.2.0 "
+                               "'pandas<3' (or pass --nostats)")
+    md = make_report(runs_dir, str(tmp_path / "out"), plots=False, stats=False)
+    assert "Interquartile mean" not in md and "| method | antmaze-large |" in md
+    assert not os.path.exists(tmp_path / "out" / "improvement.csv")
+
+
 def test_performance_profile_by_hand(runs_dir, tmp_path):
     rows = report.aggregate(report.load_runs(runs_dir), "offline")
     taus, profiles = report.performance_profiles(rows, "offline", reps=30, taus=[0.45, 0.55, 0.95])
