@@ -380,7 +380,8 @@ def test_every_array_kind_loads_with_numpy_1_and_2_module_paths(tmp_path):
 
     tree = {"np": np.arange(6, dtype=np.float32).reshape(2, 3), "scalar": np.float64(2.5), "int": np.int32(3),
             "jax": jnp.ones((2, 2)), "key": jax.random.PRNGKey(1), "bf16": jnp.ones(3, jnp.bfloat16),
-            "frozen": flax.core.freeze({"a": {"b": np.ones(2)}}), "plain": [1, (2.0, None), {3}, b"\xff", 1j]}
+            "frozen": flax.core.freeze({"a": {"b": np.ones(2)}}), "plain": [1, (2.0, None), {3}, b"\xff", 1j],
+            "ordered": __import__("collections").OrderedDict(a=np.zeros(1))}
     for protocol in range(6):
         data = pickle.dumps({"agent": tree}, protocol=protocol)
         legacy = data.replace(b"numpy._core", b"numpy.core")  # numpy 1.x writes numpy.core.*
@@ -397,6 +398,7 @@ def test_every_array_kind_loads_with_numpy_1_and_2_module_paths(tmp_path):
             assert out["bf16"].dtype == jnp.bfloat16
             assert out["frozen"] == {"a": {"b": out["frozen"]["a"]["b"]}} and type(out["frozen"]) is dict
             assert out["plain"] == [1, (2.0, None), {3}, b"\xff", 1j]
+            assert list(out["ordered"]) == ["a"] and out["ordered"]["a"].shape == (1,)
 
 
 def _rename_module(data, old, new):
