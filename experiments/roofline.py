@@ -36,6 +36,8 @@ import numpy as np
 
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
+from trqam_jax.networks import native_bf16_products
+
 # --------------------------------------------------------------------------------------------
 # Matmul FLOPs and weight bytes from the jaxpr.
 # --------------------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ _COMPARE = {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a,
 
 
 def while_trip_count(eqn, max_trips: int = 10**8) -> int:
-    """The trip count of a while loop of the form `i = c0; while i OP bound: ...; i = i + step`.
+    """The trip count of a while loop of the form `i = c0; while i OP bound: ...; i = i + step` (or - step).
 
     c0, bound and step must be literals of the jaxpr (or loop constants / loop-invariant carries that
     are literals outside the loop). Raises ValueError for any other loop.
@@ -76,15 +78,15 @@ def while_trip_count(eqn, max_trips: int = 10**8) -> int:
                 return i
         return None
 
-    def step_of(k):  # the literal step if the body does carry[k] += step
+    def step_of(k):  # the literal step if the body does carry[k] += step (or -= step)
         out = body.outvars[k]
         for e in body.eqns:
-            if e.primitive.name == "add" and any(o is out for o in e.outvars):
+            if e.primitive.name in ("add", "sub") and any(o is out for o in e.outvars):
                 a, b = e.invars
                 carry_in = body.invars[body_n + k]
                 if a is carry_in and isinstance(b, Literal):
-                    return b.val
-                if b is carry_in and isinstance(a, Literal):
+                    return b.val if e.primitive.name == "add" else -b.val
+                if b is carry_in and isinstance(a, Literal) and e.primitive.name == "add":
                     return a.val
         return None
 
@@ -181,17 +183,17 @@ class MatmulCount:
 def count_matmuls(fn, *args, param_shapes: Sequence[Tuple[int, ...]] = ()) -> MatmulCount:
     """Counts the matmuls of fn(*args) from its jaxpr (args may be arrays or jax.ShapeDtypeStruct).
 
-    param_shapes: shapes of the weight matrices; an operand or output of exactly such a shape counts
-    its bytes once per execution of its product.
+    param_shapes: shapes of the weight matrices; an operand or output of such a shape, up to the order of its
+    axes (autodiff may produce a weight gradient transposed), counts its bytes once per execution of its product.
     """
-    shapes = {tuple(s) for s in param_shapes}
+    shapes = {tuple(sorted(s)) for s in param_shapes}
     flops = weight_bytes = dots = 0
     for eqn, times in iter_dots(live_jaxpr(fn, *args)):
         flops += times * dot_general_flops(eqn)
         dots += times
         for var in (*eqn.invars[:2], *eqn.outvars):
             aval = var.aval
-            if tuple(aval.shape) in shapes:
+            if tuple(sorted(aval.shape)) in shapes:
                 weight_bytes += times * math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
     return MatmulCount(flops, weight_bytes, dots)
 
@@ -251,7 +253,8 @@ def update_floor(config, networks, obs_dim: int, horizon: int, action_dim: int) 
     batch = Batch(observations=f32(b, obs_dim), actions=f32(b, horizon, action_dim), rewards=f32(b),
                   masks=f32(b), next_observations=f32(b, obs_dim), valid=f32(b))
     kernels = [x.shape for x in jax.tree_util.tree_leaves((state.critic, state.actor)) if len(x.shape) >= 2]
-    count = count_matmuls(agent.make_update_fn(config, networks), state, batch, param_shapes=kernels)
+    with native_bf16_products():  # the program an accelerator runs, also when traced on a CPU host
+        count = count_matmuls(agent.make_update_fn(config, networks), state, batch, param_shapes=kernels)
     trained = _tree_size(state.critic) + _tree_size(state.actor_bc) + _tree_size(state.actor)
     targets = _tree_size(state.critic_target) + _tree_size(state.actor_ref)
     return UpdateFloor(float(count.flops), float(count.weight_bytes), float(OPTIMIZER_ACCESSES * 4 * trained),

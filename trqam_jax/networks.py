@@ -8,6 +8,7 @@ cotangent to bfloat16 in the backward pass, and accumulates and returns float32:
 activations, LayerNorm and everything downstream stay float32 (docs/conventions.md §1).
 """
 
+import contextlib
 from typing import Sequence
 
 import flax.linen as nn
@@ -17,23 +18,50 @@ import jax.numpy as jnp
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
+_NATIVE_BF16 = [None]  # None: bf16 x bf16 -> f32 products on accelerators, emulated on a CPU backend
+
+
+@contextlib.contextmanager
+def native_bf16_products(native: bool = True):
+    """Trace the bf16 products as bf16 x bf16 -> float32 dots (True) or as their float32 emulation (False),
+    whatever the backend: experiments/roofline.py counts an accelerator's program on a CPU host this way."""
+    old = _NATIVE_BF16[0]
+    _NATIVE_BF16[0] = native
+    try:
+        yield
+    finally:
+        _NATIVE_BF16[0] = old
+
+
+def _dot(a, b, contract):
+    """tensordot of two bfloat16 arrays, accumulated and returned in float32.
+
+    XLA:CPU cannot run every bf16 x bf16 -> f32 dot, so on a CPU backend the bf16 values are widened first:
+    their products are exact in float32, so the result is the same up to the order of the sums.
+    """
+    native = _NATIVE_BF16[0] if _NATIVE_BF16[0] is not None else jax.default_backend() != "cpu"
+    if not native:
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.tensordot(a, b, axes=contract, preferred_element_type=jnp.float32)
+
+
 @jax.custom_vjp
 def _bf16_matmul(x, kernel):
     """x @ kernel with bfloat16 inputs and float32 accumulation and output, in both passes."""
-    return jnp.matmul(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    return _dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), ((x.ndim - 1,), (0,)))
 
 
 def _bf16_matmul_fwd(x, kernel):
     xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-    return jnp.matmul(xb, kb, preferred_element_type=jnp.float32), (xb, kb)
+    return _dot(xb, kb, ((xb.ndim - 1,), (0,))), (xb, kb)
 
 
 def _bf16_matmul_bwd(residuals, g):
     xb, kb = residuals
     gb = g.astype(jnp.bfloat16)
-    dx = jnp.matmul(gb, kb.T, preferred_element_type=jnp.float32)
+    dx = _dot(gb, kb, ((gb.ndim - 1,), (1,)))
     lead = tuple(range(xb.ndim - 1))
-    dk = jnp.tensordot(xb, gb, axes=(lead, lead), preferred_element_type=jnp.float32)
+    dk = _dot(xb, gb, (lead, lead))
     return dx, dk
 
 
