@@ -106,6 +106,8 @@ def _ignore_closed_event_loop() -> None:
     def hook(unraisable):
         if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
             return
+        if _abandoned_array_read(unraisable):
+            return
         previous(unraisable)
 
     hook._drops_closed_loop = True
@@ -113,6 +115,16 @@ def _ignore_closed_event_loop() -> None:
     # The same failed reads can also surface, when their asyncio tasks are collected, as "Task exception
     # was never retrieved" records of the asyncio logger, each with a traceback.
     py_logging.getLogger("asyncio").addFilter(_drop_unretrieved_task_errors)
+
+
+def _abandoned_array_read(unraisable) -> bool:
+    """An orbax array read still pending when a sibling read of the same restore failed: when its
+    coroutine is collected, the GeneratorExit that closes it is caught by orbax's `except BaseException`
+    and re-raised as 'Encountered error while reading array index', which Python prints (65 lines) as
+    'Exception ignored in: <coroutine object _read_array_index_and_device_put>'. The restore has
+    already failed and been reported; only these records are dropped."""
+    return (getattr(unraisable.object, "__qualname__", None) == "_read_array_index_and_device_put"
+            and isinstance(getattr(unraisable.exc_value, "__cause__", None), GeneratorExit))
 
 
 def _drop_unretrieved_task_errors(record: py_logging.LogRecord) -> bool:

@@ -109,3 +109,41 @@ def test_damaged_checkpoint_falls_back_then_fails_in_one_line(tiny_run, tmp_path
                           "steps 100, 200")
     assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == ["100", "200"]
     assert os.listdir(os.path.join(tiny_run, "checkpoints")) != []  # the original run is untouched
+
+
+def _damage_policy_data(run_dir, step=200):
+    """Truncate the largest array file of a checkpoint's policy item: its reads fail while the other
+    arrays' reads of the same restore are still pending."""
+    data = os.path.join(run_dir, "checkpoints", str(step), "policy", "ocdbt.process_0", "d")
+    biggest = max(os.listdir(data), key=lambda name: os.path.getsize(os.path.join(data, name)))
+    open(os.path.join(data, biggest), "w").close()
+
+
+def test_damaged_policy_item_prints_no_traceback(tiny_run, tmp_path, monkeypatch):
+    # orbax leaves the pending reads of a failed restore as coroutines that Python reports, when they
+    # are collected, as a 65-line 'Exception ignored in: <coroutine _read_array_index_and_device_put>'
+    # (about 1 run in 3 before the filter in experiments/checkpointing.py).
+    import gc
+
+    from experiments import policy
+
+    copy = str(tmp_path / ENV / "trqam")
+    shutil.copytree(tiny_run, copy)
+    _damage_policy_data(copy)
+    # In this process: nothing reaches the hook below the project's filter (without the filter, 2 of 3
+    # restores left the record here).
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(f"{u.object!r}: {u.exc_value!r}"[:300]))
+    for _ in range(3):
+        assert policy.load_policy(copy).step == 100
+        gc.collect()
+    assert seen == []
+    # The real command, 5 runs at once.
+    runs = [subprocess.Popen([sys.executable, "-m", "experiments.policy", f"--run_dir={copy}", "--episodes=1",
+                              "--episode_steps=5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(5)]
+    for proc in runs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert "Exception ignored" not in err and "Traceback" not in err, err[-3000:]
+        assert "Checkpoint step 200" in out and "is damaged" in out and "using the previous one, step 100" in out
