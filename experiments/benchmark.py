@@ -79,6 +79,8 @@ flags.DEFINE_enum("suite", "", ["", "gpu"], "gpu: the GPU check's rows in one pr
 flags.DEFINE_bool("tiny", False, "Tiny shapes and few learners (a CPU check of the suite; figures mean nothing).")
 flags.DEFINE_float("time_budget_s", 0.0, "Suite: rows that would start after this many seconds are skipped with a "
                    "line (0: no limit).")
+flags.DEFINE_bool("bf16_error", False, "Only print the error of one update's gradient and losses with "
+                  "compute_dtype=bfloat16 against float32 at these shapes (same parameters, batch and keys), then exit.")
 flags.DEFINE_bool("records", False, "Also print one 'RESULT {json}' line per row and 'CEILING {json}' per ceiling "
                   "(the suite always does; experiments/roofline.py table reads them).")
 FLAGS = flags.FLAGS
@@ -359,6 +361,50 @@ def run_suite(shapes: Shapes, ceilings: Ceilings, methods):
                        FLAGS.profile_dir if profile else "", deadline)
 
 
+def bf16_error(shapes: Shapes, method="trqam"):
+    """Relative L2 errors of one update's gradient (whole tree) and losses, bfloat16 against float32.
+
+    The actor is moved off actor_ref (x 1.1) so that the adjoint-matching loss and its gradient are not zero.
+    """
+    from trqam_jax.types import Batch
+
+    cfgs = {d: make_config(method, d, shapes) for d in ("float32", "bfloat16")}
+    nets = {d: agent.make_networks(c, shapes.chunk_dim) for d, c in cfgs.items()}
+    state = agent.init_train_state(jax.random.PRNGKey(0), cfgs["float32"], nets["float32"], shapes.obs_dim,
+                                   shapes.chunk_dim)
+    state = state.replace(actor=jax.tree_util.tree_map(lambda p: p * 1.1, state.actor))
+    rng = np.random.default_rng(1)
+    b = shapes.batch_size
+    batch = Batch(observations=jnp.asarray(rng.normal(size=(b, shapes.obs_dim)), jnp.float32),
+                  actions=jnp.asarray(np.clip(rng.normal(size=(b, shapes.horizon, shapes.action_dim)), -1, 1),
+                                      jnp.float32),
+                  rewards=-jnp.asarray(rng.random(b), jnp.float32), masks=jnp.ones((b,)),
+                  next_observations=jnp.asarray(rng.normal(size=(b, shapes.obs_dim)), jnp.float32),
+                  valid=jnp.ones((b,)))
+    _, keys = agent.split_update_key(state.key)
+    params = agent.Trainable(state.critic, state.actor_bc, state.actor)
+    out = {}
+    for d in cfgs:
+        out[d] = jax.jit(jax.grad(agent.make_total_loss(cfgs[d], nets[d]), has_aux=True))(params, state, batch, keys)
+
+    def rel(a, b):
+        a, b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+        num = sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(a, b))
+        return (num / sum(float(jnp.sum(y**2)) for y in b)) ** 0.5
+
+    (g32, m32), (g16, m16) = out["float32"], out["bfloat16"]
+    finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves((g16, m16)))
+    print(f"bf16 against float32, one {method} update at width {shapes.hidden}, B = {b}, K = {shapes.flow_steps}, "
+          f"{shapes.num_critics} critics ({jax.default_backend()}): all finite: {finite}")
+    for name, part in (("critic", 0), ("actor_bc", 1), ("actor", 2)):
+        print(f"  gradient of {name}: relative L2 error {rel(g16[part], g32[part]):.2e}")
+    print(f"  whole gradient: relative L2 error {rel(g16, g32):.2e}")
+    for name in sorted(m32):
+        ref = float(m32[name])
+        err = abs(float(m16[name]) - ref) / max(abs(ref), 1e-12)
+        print(f"  {name}: float32 {ref:.6g}, bfloat16 {float(m16[name]):.6g}, relative error {err:.2e}")
+
+
 def main(_):
     shapes = shapes_from_flags()
     learner_counts = [int(n) for n in FLAGS.learners] if FLAGS.learners else None
@@ -379,6 +425,10 @@ def main(_):
     print(f"config: width={shapes.hidden}x4 critics={shapes.num_critics} K={shapes.flow_steps} B={shapes.batch_size} "
           f"O={shapes.obs_dim} A={shapes.action_dim} H={shapes.horizon}, scan_steps={shapes.scan_steps}"
           + (" (tiny)" if FLAGS.tiny else ""), flush=True)
+    if FLAGS.bf16_error:
+        for method in FLAGS.method:
+            bf16_error(shapes, method)
+        return
     ceilings = Ceilings()
     if FLAGS.suite:
         run_suite(shapes, ceilings, FLAGS.method)
