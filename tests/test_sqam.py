@@ -12,8 +12,9 @@
 (The toy trust region for SQAM: tests/test_toy_trust_region.py. The launcher: tests/test_programs.py.)
 """
 
-import dataclasses
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -379,3 +380,47 @@ def test_trqam_and_qam_reproduce_the_numbers_from_before_sqam(method):
     for name, expected in PINNED[method].items():
         tol = dict(rtol=2e-6, atol=0) if name.startswith("p/") else dict(rtol=1e-4, atol=1e-8)
         np.testing.assert_allclose(got[name], np.asarray(expected, np.float64), err_msg=name, **tol)
+
+
+# ------------------------------------------------------------------------------------------------
+# Through the launcher.
+
+
+def test_sqam_program_trains_checkpoints_resumes_reports_and_shares_bc(dataset_dir, tmp_path, capsys):
+    """--method=sqam with a value-penalty axis: one program, run dirs sqam_gap0 and sqam_gap0.3, each with
+    its c in train.csv and its checkpoints; a resume finds them finished; the report reads them; the
+    policy loads; and the BC cache is the domain's, shared with the other methods."""
+    from experiments import checkpointing, learners, pipeline, report, spec
+    from experiments.policy import load_policy
+    from tests.test_launcher import ENV, read_csv, tiny_config
+
+    overrides = dict(method="sqam", offline_steps=100, eval_every=100, save_every=100, bc_steps=50,
+                     eval_async=False, **{"sweep.gap_reg_coef": "0,0.3", "agent.n_bridge": 3})
+    config = tiny_config(dataset_dir, tmp_path, **overrides)
+    run_dirs = pipeline.run_program(config, learners.task_names(config))
+    assert [os.path.basename(d) for d in run_dirs] == ["sqam_gap0", "sqam_gap0.3"]
+    assert "Program of 4 learners (1 task x 2 budgets x 2 seeds)" in capsys.readouterr().out
+    for run_dir, gap in zip(run_dirs, (0.0, 0.3)):
+        rows = read_csv(os.path.join(run_dir, "train.csv"))
+        assert len(rows) == 4  # 2 seeds x 2 log rows of 50 steps
+        for row in rows:
+            assert float(row["value_penalty"]) == pytest.approx(gap * float(row["value_gap"]), rel=1e-5, abs=1e-7)
+            assert float(row["kl_hat"]) > 0 and float(row["lambda_eff"]) > 0
+        assert abs(float(rows[-1]["value_gap"])) > 0
+        assert checkpointing.Checkpointer(os.path.join(run_dir, "checkpoints")).steps() == [100]
+        with open(os.path.join(run_dir, "task.json")) as f:
+            task = json.load(f)
+        assert task["offline"]["kl_budget"] == 0.5 and task["offline"]["gap_reg_coef"] == gap  # SQAM's eps
+    # A resume of the same program finds both runs finished; the report and the policy read them.
+    assert pipeline.run_program(config, learners.task_names(config), resume=True) == run_dirs
+    assert "already finished" in capsys.readouterr().out
+    rows = report.aggregate(report.load_runs(str(tmp_path)), "offline")
+    assert {r.method for r in rows if r.level == "task"} == {"sqam_gap0", "sqam_gap0.3"}
+    policy = load_policy(run_dirs[1])
+    assert policy.step == 100
+    # The BC cache is the domain's, and what it depends on does not depend on the method: a TRQAM or QAM
+    # run of the domain reuses it (tests/test_lifecycle.py shows the reuse across methods).
+    assert os.path.isdir(os.path.join(str(tmp_path), pipeline.BC_DIR, "cube-single-play"))
+    bc_of = lambda method: spec.resolve(tiny_config(dataset_dir, tmp_path, method=method), ENV).bc
+    for field in ("hidden_dims", "actor_layer_norm", "batch_size", "learning_rate", "grad_clip_norm", "method"):
+        assert getattr(bc_of("sqam"), field) == getattr(bc_of("trqam"), field) == getattr(bc_of("qam"), field)
