@@ -276,7 +276,11 @@ def bench_seeds(cfg, nets, shapes: Shapes, roof: Roof):
 
 def profile_calls(compiled, states, data, profile_dir, calls):
     """A jax.profiler trace of `calls` calls of a compiled program (perfetto and TensorBoard formats)."""
-    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+    try:
+        trace = jax.profiler.trace(profile_dir, create_perfetto_trace=True)
+    except TypeError:  # a jax without the perfetto option: the TensorBoard trace alone
+        trace = jax.profiler.trace(profile_dir)
+    with trace:
         for _ in range(calls):
             states, metrics = compiled(states, data)
         jax.block_until_ready((states, metrics))
@@ -323,9 +327,13 @@ def bench_learners(cfg, nets, shapes: Shapes, roof: Roof, learner_counts, profil
         record("RESULT", updates_per_s=rate * num_learners, compile_s=compile_s, state_mb=state_mb, temp_mb=temp_mb,
                **ident, **roof.fields(rate * num_learners))
         if profile_dir and index == len(learner_counts) - 1:
-            profile_calls(compiled, states, data, profile_dir, FLAGS.profile_calls)
-            print(f"profile: {FLAGS.profile_calls} call(s) of {shapes.scan_steps} updates at L = {num_learners} "
-                  f"written under {profile_dir}", flush=True)
+            try:
+                profile_calls(compiled, states, data, profile_dir, FLAGS.profile_calls)
+            except Exception as e:  # a profiler that fails must not lose the rows still to come
+                print(f"profile: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+            else:
+                print(f"profile: {FLAGS.profile_calls} call(s) of {shapes.scan_steps} updates at L = {num_learners} "
+                      f"written under {profile_dir}", flush=True)
 
 
 def suite_rows(methods, tiny):

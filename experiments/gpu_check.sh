@@ -17,7 +17,7 @@
 # LOG_DIR gets at most 5 files, none in sub-folders: log.txt (everything), summary.txt, top_ops.txt,
 # trace.json.gz and profile.xplane.pb (if under 15 MB).
 #
-# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 400), GPU_CHECK_METHODS (default trqam;
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 360), GPU_CHECK_METHODS (default trqam;
 # e.g. trqam,sqam), GPU_CHECK_TINY (1: tiny shapes), JAX_COMPILATION_CACHE_DIR (default /tmp/trqam_jax_cache, so an
 # immediate rerun on the same machine skips the compiles). If the folder third_party/pylib exists it is put on
 # PYTHONPATH (e.g. for ml_collections, which the reference code imports, where the card's Python lacks it).
@@ -30,7 +30,7 @@ fi
 DIR=$1
 REF=${2:-third_party/peer}
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET_S:-400}
+BUDGET=${GPU_CHECK_BUDGET_S:-360}
 METHODS=${GPU_CHECK_METHODS:-trqam}
 TINY=${GPU_CHECK_TINY:-0}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/trqam_jax_cache}
