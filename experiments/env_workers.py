@@ -6,24 +6,29 @@ numpy, gymnasium, ogbench, mujoco (and absl, through `experiments.make_dataset`)
 trqam_jax. `experiments/__init__.py` is empty, so importing `experiments.env_workers` loads nothing
 else.
 
-Multiprocessing would still import the launcher's main module in every worker (with the 'spawn' and
+Multiprocessing would still import the launcher's main module in every worker: with the 'spawn' and
 'forkserver' start methods, each child runs `python -m experiments.train` again as `__mp_main__`, and
-that imports jax: 545 MB per worker instead of about 400). `children_skip_main()` turns that off for
-the processes started inside it; the workers need nothing from the main module, since their target
-(gymnasium's worker loop) and their env factory are pickled by reference to importable modules.
+that imports jax and jaxlib. `children_skip_main()` turns that off for the processes started inside
+it; the workers need nothing from the main module, since their target (gymnasium's worker loop) and
+their env factory are pickled by reference to importable modules.
 
-Memory of a worker (one env), measured as Private_Clean + Private_Dirty of
-`/proc/<pid>/smaps_rollup` (`worker_private_mb`) after a reset and 50 steps, launcher
-`python -m <module that imports jax>`, 'forkserver' workers, gymnasium 1.4, mujoco 3, 2-core CPU box:
+Private memory of a worker (one env): Private_Clean + Private_Dirty of `/proc/<pid>/smaps_rollup`
+(`private_mb`), after a reset and 50 steps, 'forkserver' workers of a launcher that runs jax
+(`python -m experiments.env_workers --with_jax --env_name ...`), gymnasium 1.4, 2-core CPU machine:
 
-    env (one per worker)   jax in the worker (before)   no jax (now)
-    cube-single                    531 MB                  ~385 MB
-    scene, puzzle-4x4                -                     ~395 MB
+    env              before (main module and jax in every worker)   now
+    cube-single      531 MB                                          385 MB
+    cube-double          -                                           385 MB
+    cube-quadruple       -                                           387 MB
+    scene                -                                           395 MB
+    puzzle-3x3           -                                           392 MB
+    puzzle-4x4           -                                           366 MB
 
-Most of it is the env itself: the dm_control MJCF tree with its mesh and texture assets, and the
-compiled MjModel (63 MB buffer for cube-single). Building it leaves about 90 MB of freed heap that
-glibc keeps; the factory hands that back (`malloc_trim`). `ENV_WORKER_MB` is the figure the default
-worker count is sized with: the largest measured, plus a margin.
+About 60 MB of the 146 MB saved is jax; the rest is freed heap that building the env leaves and glibc
+keeps, which the factory now hands back (`release_free_heap`). What remains is the env itself: the
+dm_control MJCF tree with its mesh and texture assets, the compiled MjModel (a 63 MB buffer for
+cube-single) and MuJoCo's allocations. `ENV_WORKER_MB` (450) is the largest figure plus a margin; the
+default worker count is sized with it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ ENV_WORKER_MB = 450
 # Default worker counts use at most this fraction of MemAvailable (the rest is left to training, the
 # online env workers and the system).
 WORKER_MEMORY_FRACTION = 0.5
+# Envs built in one process (a sync vector env, as `experiments.policy` evaluates): about 160 MB each
+# (151-160 MB measured per further env: cube-single, cube-quadruple, scene, puzzle-4x4), and about
+# 170 MB more once, for the first (MuJoCo and dm_control state that every later env shares).
+ENV_IN_PROCESS_MB = 160
+IN_PROCESS_FIRST_MB = 170
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -226,6 +236,19 @@ def workers_that_fit(available_mb: Optional[float], worker_mb: float = ENV_WORKE
     if available_mb is None:
         return None
     return max(1, int(available_mb * fraction // worker_mb))
+
+
+def in_process_envs_mb(num_envs: int) -> float:
+    """The private memory of `num_envs` envs built in one process (see `ENV_IN_PROCESS_MB`)."""
+    return IN_PROCESS_FIRST_MB + ENV_IN_PROCESS_MB * int(num_envs)
+
+
+def in_process_envs_that_fit(available_mb: Optional[float], fraction: float = WORKER_MEMORY_FRACTION
+                             ) -> Optional[int]:
+    """How many envs fit in one process within `fraction` of `available_mb` (at least 1); None if unknown."""
+    if available_mb is None:
+        return None
+    return max(1, int((available_mb * fraction - IN_PROCESS_FIRST_MB) // ENV_IN_PROCESS_MB))
 
 
 def _measure(env_name: str, num_workers: int, steps: int) -> None:

@@ -4,9 +4,9 @@ Evaluation runs S seeds x E episodes in one `gymnasium.vector` env of S*E OGBenc
 (sub-env index = s * E + e): seed s's policy acts on its own E envs, every env plays exactly one
 episode, and action chunks of length H run open-loop (H env steps per policy call, the last chunk cut
 by the episode end). Success is the `success` flag in the info of an episode's final step. To bound
-memory, the E episodes can run in rounds of E_r on S*E_r envs: an env costs about 150 MB in-process
-(sync; the first one about 310 MB) and an async worker process about 390 MB (`ENV_WORKER_MB`, measured
-in `experiments.env_workers`).
+memory, the E episodes can run in rounds of E_r on S*E_r envs: an env costs about 160 MB in-process
+(sync; the first one about 330 MB) and an async worker process about 390 MB (measured in
+`experiments.env_workers`; `ENV_WORKER_MB` = 450 adds a margin).
 
 Online RL keeps one env per seed (`OnlineEnvs`) and yields single-step transitions in the dataset
 convention (conventions §9), ready for a per-seed replay buffer.
@@ -182,8 +182,8 @@ class Evaluator:
 
     By default all S*E episodes run at once on S*E envs. `episodes_per_round` = E_r (a divisor of E)
     builds only S*E_r envs and plays the E episodes in E / E_r rounds: an OGBench manipulation env
-    holds about 150 MB in-process (meshes, textures) and an async worker process about 390 MB (see
-    `experiments.env_workers`), so 4 seeds x 50 episodes at once would need 30 to 78 GB.
+    holds about 160 MB in-process (meshes, textures) and an async worker process about 390 MB (see
+    `experiments.env_workers`), so 4 seeds x 50 episodes at once would need 32 to 78 GB.
     Results do not depend on E_r except through the policy's key stream (see `run`).
     """
 
@@ -787,7 +787,7 @@ def _time_evaluator(args: argparse.Namespace, num_seeds: int, num_episodes: int,
         for rep in range(args.repeats):
             result = evaluator.run(act_fn, rep + 1, H)
             times.append(result.wall_time)
-    del evaluator  # free the envs (150 to 390 MB each) before building the next set
+    del evaluator  # free the envs (160 to 390 MB each) before building the next set
     gc.collect()
     return num_envs, max_steps, build, min(times), result
 

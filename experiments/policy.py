@@ -4,7 +4,8 @@
   python -m experiments.policy --run_dir=runs/<env_name>/trqam --episodes=50 --envs_per_seed=5 --step=200000
 
 Memory is bounded: the episodes run in rounds of `--envs_per_seed` envs per seed (default: the
-run's `eval_envs_per_seed`, else 5), since an OGBench manipulation env holds about 150 MB. The
+run's `eval_envs_per_seed`, else 5, lowered where S x that would not fit in half of the free memory).
+The envs run in this process: about 160 MB each, plus 170 MB once (`experiments.env_workers`). The
 episode length is the run's own (`eval_steps` in its task.json). A damaged newest checkpoint is
 reported in one line and the previous one is used; a wrong run directory, a run without a
 checkpoint, or one whose checkpoints are all damaged is one line of error, with no traceback.
@@ -21,7 +22,6 @@ import numpy as np
 from absl import app, flags, logging
 
 DEFAULT_ENVS_PER_SEED = 5
-ENV_MEMORY_MB = 150  # about one OGBench manipulation env (meshes, textures)
 
 
 class PolicyError(Exception):
@@ -205,6 +205,18 @@ def episodes_per_round(episodes: int, envs_per_seed: int) -> int:
     return max(d for d in range(1, envs_per_seed + 1) if episodes % d == 0)
 
 
+def default_envs_per_seed(run_value: Optional[int], num_seeds: int, available_mb: Optional[float]) -> int:
+    """The run's `eval_envs_per_seed` (else DEFAULT_ENVS_PER_SEED), lowered so that num_seeds x it fit
+    in half of `available_mb` (MemAvailable; None: not lowered), at least 1."""
+    from experiments.env_workers import in_process_envs_that_fit
+
+    envs_per_seed = int(run_value or DEFAULT_ENVS_PER_SEED)
+    fit = in_process_envs_that_fit(available_mb)
+    if fit is not None and num_seeds * envs_per_seed > fit:
+        envs_per_seed = max(1, fit // max(1, num_seeds))
+    return envs_per_seed
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -224,11 +236,15 @@ def main(argv):
     except PolicyError as e:
         raise SystemExit(f"policy: error: {e}") from None
 
+    from experiments.env_workers import in_process_envs_mb, mem_available_mb
     from experiments.evaluation import evaluate
 
-    envs_per_seed = FLAGS.envs_per_seed
+    envs_per_seed, lowered = FLAGS.envs_per_seed, ""
     if envs_per_seed is None:
-        envs_per_seed = (policy.run_config or {}).get("eval_envs_per_seed") or DEFAULT_ENVS_PER_SEED
+        run_value = (policy.run_config or {}).get("eval_envs_per_seed") or DEFAULT_ENVS_PER_SEED
+        envs_per_seed = default_envs_per_seed(run_value, policy.num_seeds, mem_available_mb())
+        if envs_per_seed < run_value:
+            lowered = f"; {run_value} per seed would not fit in half of the free memory"
     per_round = episodes_per_round(FLAGS.episodes, envs_per_seed)
     rounds = FLAGS.episodes // per_round
     eval_steps = FLAGS.episode_steps or policy.eval_steps
@@ -237,7 +253,7 @@ def main(argv):
     envs = policy.num_seeds * per_round
     print(f"{policy.env_name} step {policy.step}: {policy.num_seeds} seeds x {FLAGS.episodes} episodes of {length}, "
           f"in {rounds} round(s) of {per_round} env(s) per seed ({envs} envs at once, about "
-          f"{envs * ENV_MEMORY_MB / 1024:.1f} GB).", flush=True)
+          f"{in_process_envs_mb(envs) / 1024:.1f} GB{lowered}).", flush=True)
     result = evaluate(lambda obs, key: policy.act(policy.params, obs, key), policy.env_name, policy.num_seeds,
                       FLAGS.episodes, FLAGS.seed, policy.horizon, max_episode_steps=eval_steps,
                       episodes_per_round=per_round)
@@ -250,7 +266,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("run_dir", None, "A run directory <output_dir>/<env_name>/<method>.", required=True)
     flags.DEFINE_integer("episodes", 50, "Evaluation episodes per seed.")
     flags.DEFINE_integer("envs_per_seed", None, "Envs built per seed; the episodes run in rounds of this many "
-                         "(default: the run's eval_envs_per_seed, else 5). About 150 MB per env.")
+                         "(default: the run's eval_envs_per_seed, else 5, within half of the free memory). About 160 MB "
+                         "per env.")
     flags.DEFINE_integer("episode_steps", None, "Episode length (default: the run's eval_steps from task.json).")
     flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the newest readable one).")
     flags.DEFINE_integer("seed", 0, "Evaluation seed.")

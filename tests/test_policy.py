@@ -138,12 +138,27 @@ def test_damaged_policy_item_prints_no_traceback(tiny_run, tmp_path, monkeypatch
         assert policy.load_policy(copy).step == 100
         gc.collect()
     assert seen == []
-    # The real command, 5 runs at once.
+    # The real command, 3 runs at once (each restore gives the record about 1 time in 3 without the filter).
     runs = [subprocess.Popen([sys.executable, "-m", "experiments.policy", f"--run_dir={copy}", "--episodes=1",
                               "--episode_steps=5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(5)]
+            for _ in range(3)]
     for proc in runs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
         assert "Exception ignored" not in err and "Traceback" not in err, err[-3000:]
         assert "Checkpoint step 200" in out and "is damaged" in out and "using the previous one, step 100" in out
+
+
+def test_default_envs_per_seed_fits_half_the_free_memory():
+    from experiments import env_workers, policy
+
+    assert (env_workers.ENV_IN_PROCESS_MB, env_workers.IN_PROCESS_FIRST_MB) == (160, 170)
+    # 4000 MB free: (4000 / 2 - 170) // 160 = 11 envs in this process.
+    assert env_workers.in_process_envs_that_fit(4000.0) == 11
+    assert policy.default_envs_per_seed(5, 2, 4000.0) == 5  # 2 x 5 = 10 <= 11
+    assert policy.default_envs_per_seed(None, 2, 4000.0) == 5  # no eval_envs_per_seed in the run: 5
+    assert policy.default_envs_per_seed(10, 2, 4000.0) == 5  # 2 x 10 > 11: 11 // 2
+    assert policy.default_envs_per_seed(5, 8, 4000.0) == 1  # 11 // 8
+    assert policy.default_envs_per_seed(5, 8, 100.0) == 1  # never fewer than one
+    assert policy.default_envs_per_seed(5, 8, None) == 5  # free memory unknown: the run's value
+    assert env_workers.in_process_envs_mb(10) == 170 + 1600
