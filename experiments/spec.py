@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple
 from experiments import data
 from experiments.configs.domains import DOMAIN_SETTINGS, SUITES
 from trqam_jax.agent import METHODS, AgentConfig
+from trqam_jax.networks import COMPUTE_DTYPES
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,9 @@ def resolve(config, env_name: Optional[str] = None) -> TaskSpec:
                           f"e.g. {info.domain}-singletask-task1-v0 (tasks are task1..task5).")
     if config.method not in METHODS:
         raise ConfigError(f"config.method={config.method!r} is unknown: use one of {', '.join(METHODS)}.")
+    if config.agent.get("compute_dtype", "float32") not in COMPUTE_DTYPES:
+        raise ConfigError(f"config.agent.compute_dtype={config.agent.compute_dtype!r} is unknown: use one of "
+                          f"{', '.join(COMPUTE_DTYPES)}.")
     check_values(config)
     domain = DOMAIN_SETTINGS[info.domain]
     a = config.agent
@@ -67,6 +71,7 @@ def resolve(config, env_name: Optional[str] = None) -> TaskSpec:
         lam_min=a.lam_min,
         lam_max=a.lam_max,
         inv_temp=_pick(a.inv_temp, domain.qam_inv_temp),
+        compute_dtype=a.get("compute_dtype", "float32"),  # .get: configs saved before the switch lack it
         # SQAM's settings (conventions §12); .get: configs saved before SQAM existed lack them.
         n_bridge=_pick(a.get("n_bridge"), AgentConfig.n_bridge),
         gap_reg_coef=_pick(a.get("gap_reg_coef"), domain.sqam_gap_reg_coef),

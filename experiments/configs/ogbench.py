@@ -82,4 +82,6 @@ def get_config():
     config.agent.kl_clip_factor = 2.0  # the KL estimate is clipped at this times eps.
     config.agent.lam_min = 0.01  # lower bound of lam.
     config.agent.lam_max = 100.0  # upper bound of lam.
+    config.agent.compute_dtype = "float32"  # matmul inputs: "float32" (reference) or "bfloat16" (a deviation:
+    #   bf16 matmul inputs, float32 accumulation, parameters and everything else; docs/conventions.md §1).
     return config
