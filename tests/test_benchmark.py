@@ -155,8 +155,11 @@ def _rel(a, b):
 
 
 def test_one_bf16_update_is_close_to_float32_and_finite():
-    """Same parameters, batch and keys; bf16 matmul inputs against float32. Tolerances: the gradient within 5%
-    (relative L2 over the whole tree), each loss within 2%; parameters, Adam moments and lam stay float32."""
+    """Same state and batch; one update with bf16 matmul inputs against float32. Adam's first moment after one
+    step is 0.1 x the clipped gradient: it is held within 5% (relative L2 over the whole tree), each loss within
+    2%. Nothing is NaN, and parameters, Adam's moments and lam stay float32."""
+    import optax
+
     obs_dim, horizon, action_dim = 5, 2, 3
     cfg32 = tiny_config(hidden_dims=(32,) * 4, batch_size=16, flow_steps=2)
     cfg16 = tiny_config(compute_dtype="bfloat16", hidden_dims=(32,) * 4, batch_size=16, flow_steps=2)
@@ -165,19 +168,18 @@ def test_one_bf16_update_is_close_to_float32_and_finite():
     # Move actor away from actor_ref so that the AM loss and the KL are not zero.
     state = state.replace(actor=jax.tree_util.tree_map(lambda p: p * 1.1, state.actor))
     batch = _random_batch(jax.random.PRNGKey(4), 16, obs_dim, horizon, action_dim)
-    _, keys = agent.split_update_key(state.key)
-    params = agent.Trainable(state.critic, state.actor_bc, state.actor)
-    results = {}
-    for name, cfg, nets in (("f32", cfg32, nets32), ("bf16", cfg16, nets16)):
-        grad_fn = jax.jit(jax.grad(agent.make_total_loss(cfg, nets), has_aux=True))
-        results[name] = grad_fn(params, state, batch, keys)
-    g32, m32 = results["f32"]
-    g16, m16 = results["bf16"]
-    s16, u16 = jax.jit(agent.make_update_fn(cfg16, nets16))(state, batch)
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves((g16, m16, s16, u16)))
-    assert _rel(g16, g32) < 0.05
-    for name in ("bc_loss", "critic_loss", "actor_loss"):
+    s32, m32 = jax.jit(agent.make_update_fn(cfg32, nets32))(state, batch)
+    s16, m16 = jax.jit(agent.make_update_fn(cfg16, nets16))(state, batch)
+
+    def first_moment(s):
+        return [x.mu for x in jax.tree_util.tree_leaves(
+            s.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)) if isinstance(x, optax.ScaleByAdamState)]
+
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves((s16, m16)))
+    assert 0 < _rel(first_moment(s16), first_moment(s32)) < 0.05
+    for name in ("bc_loss", "critic_loss", "actor_loss", "kl_hat"):
         assert float(m16[name]) == pytest.approx(float(m32[name]), rel=0.02), name
+    assert float(m32["actor_loss"]) > 0
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves((s16.critic, s16.actor, s16.opt_state))
                if jnp.issubdtype(x.dtype, jnp.floating))
     assert s16.dual.lam.dtype == jnp.float32
