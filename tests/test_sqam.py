@@ -9,7 +9,9 @@
 - A program of SQAM learners with per-learner eps and gap_reg_coef equals separate SQAM runs.
 - TRQAM and QAM are unchanged by SQAM's arrival: a few updates of each reproduce numbers recorded from
   the code before SQAM existed.
-(The toy trust region for SQAM: tests/test_toy_trust_region.py. The launcher: tests/test_programs.py.)
+- Through the launcher: an SQAM program with a value-penalty axis trains, checkpoints, resumes, reports
+  and loads as a policy; a reference SQAM checkpoint imports into an SQAM state.
+(The toy trust region for SQAM: tests/test_toy_trust_region.py.)
 """
 
 import functools
@@ -424,3 +426,34 @@ def test_sqam_program_trains_checkpoints_resumes_reports_and_shares_bc(dataset_d
     bc_of = lambda method: spec.resolve(tiny_config(dataset_dir, tmp_path, method=method), ENV).bc
     for field in ("hidden_dims", "actor_layer_norm", "batch_size", "learning_rate", "grad_clip_norm", "method"):
         assert getattr(bc_of("sqam"), field) == getattr(bc_of("trqam"), field) == getattr(bc_of("qam"), field)
+
+
+def test_a_reference_sqam_checkpoint_imports_into_an_sqam_state(tmp_path):
+    """The authors' SQAM agent saves the same six modules and the dual (lam, kl_ema) as their TRQAM agent,
+    so `experiments.reference_checkpoint` imports it as it imports TRQAM's: here into an SQAM state,
+    whose policy then computes the reference's actor_fast and whose update runs on it."""
+    from experiments import reference_checkpoint as rc
+    from tests import test_reference_checkpoint as trc
+
+    modules, params = trc.reference_agent()
+    params = {k: jax.tree_util.tree_map(lambda p, i=i: p + 0.01 * (i + 1), v)
+              for i, (k, v) in enumerate(sorted(params.items()))}
+    path = trc.write_reference_pickle(tmp_path / "params_1000000.pkl", params, {"lam": 0.7, "kl_ema": 0.4})
+    cfg = agent.AgentConfig(method="sqam", hidden_dims=trc.HIDDEN, num_critics=3, flow_steps=3, batch_size=4,
+                            n_bridge=3)
+    nets = agent.make_networks(cfg, trc.CHUNK)
+    like = agent.init_train_state(jax.random.PRNGKey(0), cfg, nets, trc.OBS, trc.CHUNK)
+    dual = rc.import_dual(path)
+    state = like.replace(
+        **{name: rc.import_actor(path, like.actor, which=name) for name in ("actor", "actor_bc", "actor_ref")},
+        **{name: rc.import_critic(path, like.critic, which=name) for name in ("critic", "critic_target")},
+        dual=like.dual._replace(lam=jnp.float32(dual["lam"]), kl_ema=jnp.float32(dual["kl_ema"])))
+    s, x, t = trc.random_inputs()
+    reference = modules.apply({"params": params}, name="actor_fast", args=(s, x, t[:, None]))
+    np.testing.assert_allclose(nets.actor.apply(state.actor, s, x, t), reference, rtol=1e-5, atol=1e-6)
+    k = jax.random.split(jax.random.PRNGKey(1), 3)
+    batch = Batch(jax.random.normal(k[0], (4, trc.OBS)), jnp.clip(jax.random.normal(k[1], (4, 2, 3)), -1, 1),
+                  jnp.ones(4), jnp.ones(4), jax.random.normal(k[2], (4, trc.OBS)), jnp.ones(4))
+    new_state, metrics = fast_jit(agent.make_update_fn(cfg, nets))(state, batch)
+    assert float(metrics["lambda_eff"]) == pytest.approx(3 * 0.7) and float(metrics["kl_hat"]) > 0
+    assert all(np.all(np.isfinite(x)) for x in leaves(new_state.actor))
