@@ -11,8 +11,9 @@ One implementation, four modes chosen by `AgentConfig.method` (a static value):
 jit with a sampling function, and vmaps the whole thing over a leading learner axis of the state.
 
 A learner is one (task, seed, budget). The scalar hyperparameters that change no shape (eps, the QAM
-inverse temperature, lam_scale, dual_lr, SQAM's gap_reg_coef) live in the state as `Hyperparams` arrays, so learners with
-different values share one compiled program; `AgentConfig` gives their defaults.
+inverse temperature, lam_scale, dual_lr, SQAM's gap_reg_coef) live in the state as `Hyperparams`
+arrays, so learners with different values share one compiled program; `AgentConfig` gives their
+defaults.
 """
 
 import dataclasses
