@@ -69,7 +69,8 @@ def sweep_axes(config) -> List[Tuple[str, Tuple[float, ...]]]:
     for field, text in given:
         if config.method not in SWEEPS[field]:
             other = [f for f, methods in SWEEPS.items() if config.method in methods]
-            fix = f"use config.sweep.{' or config.sweep.'.join(other)}" if other else "BC has no budget to sweep; drop it"
+            fix = (f"use config.sweep.{' or config.sweep.'.join(other)}" if other
+                   else "BC has no budget to sweep; drop it")
             raise ConfigError(f"config.sweep.{field} is a {' / '.join(m.upper() for m in SWEEPS[field])} budget but "
                               f"config.method={config.method!r}: {fix}.")
         if config.agent.get(field) is not None:
