@@ -457,3 +457,40 @@ def test_a_reference_sqam_checkpoint_imports_into_an_sqam_state(tmp_path):
     new_state, metrics = fast_jit(agent.make_update_fn(cfg, nets))(state, batch)
     assert float(metrics["lambda_eff"]) == pytest.approx(3 * 0.7) and float(metrics["kl_hat"]) > 0
     assert all(np.all(np.isfinite(x)) for x in leaves(new_state.actor))
+
+
+def test_sqam_settings_come_from_the_domain_table_and_overrides_win():
+    from experiments import learners, pipeline, spec
+    from experiments.configs import ogbench
+
+    assert (agent.AgentConfig(method="sqam").kl_budget, agent.AgentConfig().kl_budget) == (0.5, 1.0)
+    assert agent.AgentConfig(method="sqam", kl_budget=2.0).kl_budget == 2.0
+    assert agent.static_config(agent.AgentConfig(method="sqam", kl_budget=2.0, gap_reg_coef=0.0)) == \
+        agent.AgentConfig(method="sqam")
+    config = ogbench.get_config()
+    config.method = "sqam"
+    config.lock()
+    suite = ogbench.get_config()
+    suite.suite = "ogbench50"
+    for env_name in spec.task_list(suite):
+        offline = spec.resolve(config, env_name).offline
+        cube_double = env_name.startswith("cube-double-play")
+        assert (offline.method, offline.kl_budget, offline.n_bridge) == ("sqam", 0.5, 10), env_name
+        assert offline.gap_reg_coef == (0.0 if cube_double else 0.3), env_name
+    env = "scene-play-singletask-task1-v0"
+    with config.unlocked():
+        config.agent.gap_reg_coef, config.agent.n_bridge, config.agent.kl_budget = 0.1, 4, 0.7
+    offline = spec.resolve(config, env).offline
+    assert (offline.gap_reg_coef, offline.n_bridge, offline.kl_budget) == (0.1, 4, 0.7)
+    assert pipeline.run_name(config, "sqam") == "sqam_eps0.7_gap0.1"
+    with config.unlocked():
+        config.agent.gap_reg_coef, config.agent.kl_budget = None, None
+    assert pipeline.run_name(config, "sqam") == "sqam"
+    # Bad values are one line naming the field.
+    for field, value, message in [("agent.gap_reg_coef", -0.1, "gap_reg_coef"), ("agent.n_bridge", 0, "n_bridge"),
+                                  ("sweep.gap_reg_coef", "0,-1", ">= 0"), ("sweep.inv_temp", "1,3", "QAM budget")]:
+        bad = ogbench.get_config()
+        bad.method = "sqam"
+        bad.update_from_flattened_dict({field: value})
+        with pytest.raises(spec.ConfigError, match=message):
+            learners.plan(bad, [env], pipeline.run_dir_of)
