@@ -246,7 +246,7 @@ class Checkpointer:
                 failed.append(step)
                 continue
             trees = {name: _fill(out[name], like) if filled[name] else out[name] for name, like in targets.items()}
-            tree = trees["state" if "state" in items else "policy"]
+            tree = trees.get("state", trees.get("policy"))
             replay = trees.get("replay")
             if failed:
                 _say(f"Using checkpoint step {step} in {self.directory}.")

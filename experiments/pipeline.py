@@ -260,7 +260,8 @@ class Evaluations:
         return list(self._cut_short) + (self.background.pending() if self.background is not None else [])
 
     def _log(self, step: int, result) -> None:
-        self.logger.log_eval(step, self.phase_of.pop(step), self.seeds, result.success_rate, result.mean_return)
+        with self.ctx.preempt.critical():
+            self.logger.log_eval(step, self.phase_of.pop(step), self.seeds, result.success_rate, result.mean_return)
         self.last_success = result.success_rate
 
     def collect(self, before: Optional[int] = None) -> None:
@@ -307,22 +308,24 @@ class Phase:
 
     def log(self, step: int, host: Dict[str, np.ndarray]) -> None:
         check_finite(host, self.name, step, self.outputs, self.last_good)
-        for o in self.outputs:
-            o.logger.log_train(step, self.name, o.seeds, {k: v[o.learners] for k, v in host.items()})
+        with self.ctx.preempt.critical():
+            for o in self.outputs:
+                o.logger.log_train(step, self.name, o.seeds, {k: v[o.learners] for k, v in host.items()})
 
     def save(self, step: int, states, replay=None, unsubmitted=()) -> None:
         """A checkpoint at `step` in every run dir. An evaluation of this step still in flight, or due but not
         started (`unsubmitted`: a signal came first), is recorded, so a resume runs it again from the saved
         state (`boundary` has waited for the earlier ones)."""
-        for o in self.outputs:
-            o.logger.flush()
-        for o in self.outputs:
-            pending = o.evals.pending() if o.evals is not None else []
-            o.checkpointer.save(step, take(states, o.learners, self.total),
-                                {**o.meta, "phase": self.name, "step": step,
-                                 "eval_pending": step in pending or o in unsubmitted},
-                                replay=None if replay is None else take(replay, o.learners, self.total))
-        self.last_good = step
+        with self.ctx.preempt.critical():
+            for o in self.outputs:
+                o.logger.flush()
+            for o in self.outputs:
+                pending = o.evals.pending() if o.evals is not None else []
+                o.checkpointer.save(step, take(states, o.learners, self.total),
+                                    {**o.meta, "phase": self.name, "step": step,
+                                     "eval_pending": step in pending or o in unsubmitted},
+                                    replay=None if replay is None else take(replay, o.learners, self.total))
+            self.last_good = step
 
     def stop(self, signum: int, step: int, states, replay=None, unsubmitted=()):
         """On a signal: save here unless an evaluation of an earlier step is still running (its actor is
@@ -350,6 +353,8 @@ class Phase:
                 self.save(step, states, replay)
             self.ctx.preempt.check(step, self.name)
         except Interrupted as e:
+            if e.again:  # a second signal: stop at once (a save it came during has completed)
+                raise
             self.stop(e.signum, step, states, replay, unsubmitted)
 
     def close(self) -> None:
@@ -546,7 +551,8 @@ def pretrain_bc(ctx: Context):
     with file_lock(os.path.join(bc_dir, "lock"), ctx.preempt), \
             Checkpointer(os.path.join(bc_dir, "checkpoints"), keep=ctx.config.keep_checkpoints) as checkpointer:
         states = _put(agent.init_seeds(ctx.seeds, ctx.spec.bc, nets, ctx.obs_dim, ctx.chunk_dim), ctx.per_learner)
-        restored = checkpointer.restore(states, items=("state",), check_meta=check)
+        with ctx.preempt.critical():
+            restored = checkpointer.restore(states, items=("state",), check_meta=check)
         start = 0
         if restored is not None:
             start, saved_states, _, _ = restored
@@ -734,7 +740,7 @@ class Resumable:
         return (self.restored[0], meta.get("phase", ""), bool(meta.get("eval_pending")))
 
 
-def inspect_run(run: learners.Run, resume: bool) -> Optional[Resumable]:
+def inspect_run(run: learners.Run, resume: bool, preempt: Preemption = NEVER) -> Optional[Resumable]:
     """Whether a run has work left (None: finished). Its config is compared with the saved one before
     any checkpoint is read: a refused change leaves the run directory exactly as it was."""
     config, spec, run_dir = run.config, run.spec, run.run_dir
@@ -748,7 +754,7 @@ def inspect_run(run: learners.Run, resume: bool) -> Optional[Resumable]:
     if not check_run_dir(run_dir, resume, config, steps[-1] if steps else None, saved_config):
         return Resumable(run)
     # The newest readable checkpoint; damaged ones are moved aside (and a leftover save), never deleted.
-    with Checkpointer(directory, keep=config.keep_checkpoints) as found:
+    with preempt.critical(), Checkpointer(directory, keep=config.keep_checkpoints) as found:
         restored = found.restore(*_state_target(config, spec),
                                  check_meta=lambda meta: check_saved_config(run_dir, meta["config"], config,
                                                                             meta.get("phase")))
@@ -850,7 +856,7 @@ def run_program(config, env_names, resume: bool = False, preempt: Preemption = N
 
 
 def _run_locked(config, runs, resume: bool, preempt: Preemption) -> None:
-    todo = [r for r in (inspect_run(run, resume) for run in runs) if r is not None]
+    todo = [r for r in (inspect_run(run, resume, preempt) for run in runs) if r is not None]
     if not todo:
         return
     names = list(dict.fromkeys(r.run.spec.env_name for r in todo))  # the tasks left, in order

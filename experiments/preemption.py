@@ -30,8 +30,8 @@ class Interrupted(Exception):
     def message(self) -> str:
         name = signal.Signals(self.signum).name
         if self.again:
-            return (f"Interrupted ({name}) a second time, so at once; rerun the same command with --resume (it "
-                    f"continues from the newest complete checkpoint).")
+            return (f"Interrupted ({name}) a second time, so at once (the newest complete checkpoint is kept); "
+                    f"rerun the same command with --resume.")
         if self.step is None:
             where = "during start-up" if not self.phase else f"in {self.phase} before its first checkpoint"
         elif self.phase == "online":
@@ -45,6 +45,8 @@ class Preemption:
     def __init__(self):
         self.signum: Optional[int] = None
         self._defer = 0
+        self._critical = 0
+        self._held: Optional[bool] = None  # a signal that must stop the program once the write is done (again?)
         self._previous = {}
 
     def install(self, hold: bool = False) -> "Preemption":
@@ -62,6 +64,10 @@ class Preemption:
     def _handle(self, signum, frame):
         first = self.signum is None
         self.signum = signum
+        if self._critical:  # a checkpoint or log write is never cut: stop when it is done
+            if not first or not self._defer:
+                self._held = bool(self._held) or not first
+            return
         if not first:
             raise Interrupted(signum, again=True)
         if not self._defer:
@@ -79,6 +85,19 @@ class Preemption:
             yield
         finally:
             self._defer -= 1
+
+    @contextlib.contextmanager
+    def critical(self):
+        """A write that no signal may cut (a checkpoint save or restore, a log row): a signal that would
+        stop the program at once, even a second one, stops it when the write is done."""
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if not self._critical and self._held is not None:
+            again, self._held = self._held, None
+            raise Interrupted(self.signum, again=again)
 
     @contextlib.contextmanager
     def immediate(self):

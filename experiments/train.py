@@ -124,7 +124,7 @@ def main(argv):
         print(e.message(), file=sys.stderr, flush=True)
         sys.stdout.flush()
         if e.again:  # raised wherever the second signal found the program: skip the interpreter's teardown
-            os._exit(e.exit_code)
+            _exit_now(e.exit_code)
         sys.exit(e.exit_code)
 
 
@@ -140,6 +140,21 @@ def write_error(error: OSError, output_dir: str):
         return None
     return (f"Error: cannot write {path} ({error.strerror}). Make --output_dir writable (space, permissions), or "
             f"choose another; --resume then continues each run from its last checkpoint.")
+
+
+def _exit_now(code: int) -> None:
+    """Exits without the interpreter's teardown (objects cut off mid-call by the second signal print
+    __del__ tracebacks there), after unlinking multiprocessing's named semaphores, which its resource
+    tracker would otherwise report as leaked."""
+    import multiprocessing.util
+
+    try:
+        multiprocessing.util._run_finalizers(0)
+    except Exception:  # best effort: the exit code is what matters
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def parse_flags(argv):

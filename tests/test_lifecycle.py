@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -457,3 +458,244 @@ def test_nan_message_is_one_line_of_its_own(dataset_dir, tmp_path):
     assert out.returncode == 1
     assert "\nError: bc: non-finite" in out.stderr and "None" not in out.stderr.split("Error:")[-1]
     assert "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Refusals change nothing; signals at every moment of start-up; one job per run dir; TensorBoard after
+# kill -9 mid-save.
+
+
+def snapshot(root):
+    """Every file under root with its bytes' digest: what 'nothing changed' means."""
+    import hashlib
+
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = hashlib.sha1(f.read()).hexdigest()
+    return found
+
+
+@pytest.mark.parametrize("field,value", [("agent.num_critics", 4), ("agent.width", 32), ("agent.depth", 3),
+                                         ("num_seeds", 3)])
+def test_resume_with_other_shapes_is_refused_and_changes_nothing(dataset_dir, whole, tmp_path, field, value):
+    out = tmp_path / "copy"
+    shutil.copytree(whole, out)
+    before = snapshot(out)
+    with pytest.raises(pipeline.ConfigMismatchError, match=rf"{field}: \S+ -> {value}.*nothing was changed"):
+        pipeline.run_task(tiny_config(dataset_dir, out, **LIFE, **{field: value}), resume=True)
+    assert snapshot(out) == before
+    # Without config.json the newest checkpoint's own config is compared, before any array is read.
+    os.remove(os.path.join(run_path(out), "config.json"))
+    before = snapshot(out)
+    with pytest.raises(pipeline.ConfigMismatchError, match=field):
+        pipeline.run_task(tiny_config(dataset_dir, out, **LIFE, **{field: value}), resume=True)
+    assert snapshot(out) == before
+
+
+def test_resume_with_other_shapes_through_the_real_entry_point_is_one_line(dataset_dir, whole, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(whole, out)
+    before = snapshot(out)
+    flags = [f"--config.{k}={v}" for k, v in {**TINY, **LIFE, "agent.num_critics": 4}.items()]
+    cmd = [sys.executable, "-m", "experiments.train", *flags, f"--config.dataset_dir={dataset_dir}",
+           f"--output_dir={out}", "--noreport", "--resume"]
+    done = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert "agent.num_critics: 2 -> 4" in lines[0] and "Traceback" not in done.stderr
+    assert snapshot(out) == before
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_not_moved_and_an_older_one_is_filled(tmp_path):
+    """The checkpointer compares shapes from the saved metadata before reading arrays: other shapes are
+    refused (never 'damage'); a state saved before a hyperparameter was added restores with it zeroed."""
+    from trqam_jax import agent
+
+    def state(num_critics):
+        cfg = agent.AgentConfig(hidden_dims=(8, 8), num_critics=num_critics, flow_steps=3)
+        return agent.init_seeds([0, 1], cfg, agent.make_networks(cfg, 6), 4, 6)
+
+    saved = state(2)
+    directory = str(tmp_path / "checkpoints")
+    with checkpointing.Checkpointer(directory) as ckpt:
+        ckpt.save(10, saved, {"phase": "offline"})
+    before = snapshot(tmp_path)
+    with checkpointing.Checkpointer(directory) as ckpt:
+        with pytest.raises(checkpointing.CheckpointError, match=r"other shapes.*critic.*\(2, 2, 8\) -> \(2, 3, 8\)"):
+            ckpt.restore(jax.eval_shape(lambda: state(3)))
+    assert snapshot(tmp_path) == before and not os.path.exists(directory + "_damaged")
+    # An older checkpoint: its hyperparameters lack the last field the current TrainState has.
+    older = saved.replace(hparams=dict(zip(saved.hparams._fields[:-1], saved.hparams[:-1])))
+    with checkpointing.Checkpointer(str(tmp_path / "older")) as ckpt:
+        ckpt.save(5, older, {"phase": "offline"})
+    with checkpointing.Checkpointer(str(tmp_path / "older")) as ckpt:
+        step, restored, _, _ = ckpt.restore(jax.eval_shape(lambda: saved))
+    assert step == 5
+    new_field = saved.hparams._fields[-1]
+    np.testing.assert_array_equal(getattr(restored.hparams, new_field), np.zeros(2, np.float32))
+    for path, value in jax.tree_util.tree_leaves_with_path(saved):
+        if new_field not in jax.tree_util.keystr(path):
+            np.testing.assert_array_equal(
+                np.asarray(value), np.asarray(_at(restored, path)), err_msg=jax.tree_util.keystr(path))
+
+
+def _at(tree, path):
+    for key in path:
+        tree = getattr(tree, key.name) if hasattr(key, "name") else tree[getattr(key, "key", getattr(key, "idx", None))]
+    return tree
+
+
+class Job:
+    """The real entry point in a subprocess, its stdout read as it comes."""
+
+    def __init__(self, out, *extra, overrides=None):
+        import threading
+
+        flags = [f"--config.{k}={v}" for k, v in {**TINY, **(overrides or {})}.items()]
+        cmd = [sys.executable, "-u", "-m", "experiments.train", *flags, f"--config.dataset_dir={out.dataset_dir}",
+               f"--output_dir={out}", "--noreport", *extra]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, text, timeout=300):
+        deadline = time.time() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None and time.time() < deadline, (text, self.proc.stderr.read()[-2000:])
+            time.sleep(0.01)
+
+    def finish(self, timeout=300):
+        err = self.proc.stderr.read()
+        self.proc.wait(timeout=timeout)
+        self.reader.join()
+        said = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # not the progress bars
+        return self.proc.returncode, said, err
+
+
+class Out(type(__import__("pathlib").Path())):
+    """An output dir that also names the dataset dir (for Job)."""
+    dataset_dir = None
+
+
+def _out(path, dataset_dir):
+    out = Out(path)
+    out.dataset_dir = dataset_dir
+    return out
+
+
+@pytest.mark.parametrize("point,after,delay,signum,domain", [
+    ("during the imports", None, 1.0, signal.SIGTERM, False),
+    ("while env workers start", "Dataset", 0.2, signal.SIGTERM, False),
+    ("during the memory-estimate compile", "Dataset", 1.0, signal.SIGTERM, True),
+    ("during the memory-estimate compile", "Dataset", 2.5, signal.SIGINT, True),
+    ("during BC", "bc: 2 learners compiled", 0.0, signal.SIGTERM, False),
+])
+def test_a_signal_at_any_moment_of_start_up_exits_143_or_130_in_one_line(dataset_dir, tmp_path, point, after, delay,
+                                                                         signum, domain):
+    out = _out(tmp_path / "out", dataset_dir)
+    extra = ["--env_name=cube-single-play", "--tasks=1,2"] if domain else []
+    job = Job(out, *extra)
+    if after is not None:
+        job.wait_for(after)
+    time.sleep(delay)
+    job.proc.send_signal(signum)
+    code, said, err = job.finish()
+    assert code == 128 + signum, (point, err[-3000:])
+    assert len(said) == 1 and said[0].startswith(f"Interrupted ({signal.Signals(signum).name})"), (point, err[-3000:])
+    assert said[0].endswith("--resume.") and "Traceback" not in err, point
+    if point == "during BC":  # resumable: the same command with --resume finishes the run
+        assert "at bc step" in said[0]
+        again = Job(out, *extra, "--resume")
+        code, said, err = again.finish()
+        assert code == 0, err[-3000:]
+        assert steps_in(os.path.join(run_path(out), "checkpoints"))[-1] == TINY["offline_steps"]
+
+
+def test_two_jobs_never_train_one_run_dir_and_two_quick_signals_stop_at_once(dataset_dir, tmp_path):
+    out = _out(tmp_path / "out", dataset_dir)
+    long = {**LIFE, "offline_steps": 5000}  # still training when the second job and the signals come
+    first = Job(out, overrides=long)
+    first.wait_for("offline: 2 learners compiled")
+    second = Job(out, "--resume", overrides=long)  # a second job on the same run dir: one line, nothing changed
+    code, said, err = second.finish()
+    assert code == 1 and len(said) == 1 and "being trained by another job" in said[0], (err[-3000:], second.lines)
+    assert first.proc.poll() is None
+    # Two SIGTERMs 0.1 s apart mid-training: exit 143 at once, one line, no traceback of any kind.
+    first.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    first.proc.send_signal(signal.SIGTERM)
+    code, said, err = first.finish()
+    assert code == 143 and len(said) == 1, err[-3000:]
+    assert said[0].startswith("Interrupted (SIGTERM)") and said[0].endswith("--resume.")
+    assert "Traceback" not in err and "Exception ignored" not in err
+    # The lock went with the job.
+    with pipeline.run_dir_locks([run_path(out)]):
+        pass
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+from experiments import checkpointing, learners, pipeline
+from tests.test_launcher import tiny_config
+real = checkpointing.Checkpointer.save
+def save(self, step, *args, **kwargs):
+    if step == 100 and "task2" in self.directory:  # task 1's checkpoint is complete, task 2's is not
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, step, *args, **kwargs)
+checkpointing.Checkpointer.save = save
+config = tiny_config(sys.argv[1], sys.argv[2], env_name="cube-single-play", tasks="1,2", eval_async=False)
+pipeline.run_program(config, learners.task_names(config))
+"""
+
+
+def test_tensorboard_has_every_csv_point_after_kill_9_during_a_save(dataset_dir, tmp_path):
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, dataset_dir, str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    config = tiny_config(dataset_dir, out, env_name="cube-single-play", tasks="1,2", eval_async=False)
+    pipeline.run_program(config, __import__("experiments.learners").learners.task_names(config), resume=True)
+    for task in (ENV, ENV.replace("task1", "task2")):
+        run = os.path.join(str(out), task, "trqam")
+        # What TensorBoard shows: per tag, the last event of each step, once later files' purge markers
+        # have dropped the events at or past them.
+        shown = {}
+        for path in sorted(glob.glob(os.path.join(run, "tensorboard", "events.*")), key=os.path.getmtime):
+            events = _events(path)
+            purge = [e.step for e in events if e.HasField("session_log")]
+            if purge and purge[0] > 0:
+                shown = {k: v for k, v in shown.items() if k[1] < purge[0]}
+            shown.update({(v.tag, e.step): v.simple_value for e in events if e.HasField("summary")
+                          for v in e.summary.value})
+        train = read_csv(os.path.join(run, "train.csv"))
+        evals = read_csv(os.path.join(run, "eval.csv"))
+        want = {("offline/critic_loss", int(r["step"])) for r in train} | \
+               {("offline/eval_success", int(r["step"])) for r in evals}
+        assert want <= set(shown), (task, sorted(want - set(shown)))
+
+
+def test_a_second_signal_during_a_save_lets_the_save_finish(dataset_dir, whole, tmp_path, monkeypatch):
+    """Both signals land inside the checkpoint save of step 100: the save completes (no leftover, no
+    damage), then the run stops at once, and the resume equals the uninterrupted run."""
+    config = tiny_config(dataset_dir, tmp_path, **LIFE)
+    real = checkpointing.Checkpointer.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 100 and "_pretrained_bc" not in self.directory:
+            for _ in range(2):  # apart, so that they are two signals and not one
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+        return real(self, step, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpointing.Checkpointer, "save", save)
+        with pytest.raises(Interrupted) as stop:
+            run_with_signals(config)
+    assert stop.value.again and stop.value.exit_code == 143
+    assert steps_in(os.path.join(run_path(tmp_path), "checkpoints"))[-1] == 100 and not leftovers(tmp_path)
+    run_with_signals(config, resume=True)
+    same_logs(run_path(whole), run_path(tmp_path))
