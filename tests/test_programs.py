@@ -163,3 +163,38 @@ def test_a_suite_slice_runs_one_program_per_domain():
     two = learners.programs(spec.task_list(config, "1/3"))  # tasks 16..32: the end of one domain, two, the start
     assert [len(p) for p in two] == [4, 5, 5, 3] and all(len({n.split("-singletask")[0] for n in p}) == 1
                                                          for p in two)
+
+
+def test_the_online_phase_runs_with_its_own_budget_in_a_program_and_alone(dataset_dir, tmp_path, monkeypatch):
+    """config.online_kl_budget differs from every offline budget of the sweep: the learner table gives
+    each phase its own eps, the compiled programs receive exactly those values, and a run of the program
+    equals the same run trained alone."""
+    online = {"online_steps": 50, "online_kl_budget": 0.125, "num_seeds": 1, "offline_steps": 100}
+    config = tiny_config(dataset_dir, tmp_path / "program", **{**PROGRAM, **online})
+    runs = learners.plan(config, learners.task_names(config), pipeline.run_dir_of)
+    team = learners.Learners(tuple(runs), (config.seed,))
+    # The table, by hand: runs are (task1, 0.5), (task1, 2), (task2, 0.5), (task2, 2) with one seed each.
+    np.testing.assert_array_equal(team.hparams("offline").kl_budget, [0.5, 2.0, 0.5, 2.0])
+    np.testing.assert_array_equal(team.hparams("online").kl_budget, [0.125] * 4)
+    seen = []
+    real = pipeline.compile_train
+
+    def compile_train(train, states, data_example, label):
+        seen.append((label.split()[-1], np.asarray(states.hparams.kl_budget).tolist()))
+        return real(train, states, data_example, label)
+
+    monkeypatch.setattr(pipeline, "compile_train", compile_train)
+    pipeline.run_program(config, learners.task_names(config))
+    assert ("offline", [0.5, 2.0, 0.5, 2.0]) in seen and ("online", [0.125] * 4) in seen
+    # The same run alone (task 2, offline eps 2, online eps 0.125) equals its share of the program.
+    alone = tiny_config(dataset_dir, tmp_path / "alone", **{**PROGRAM, **online, "tasks": "", "sweep.kl_budget": "",
+                                                          "agent.kl_budget": 2.0})
+    pipeline.run_task(alone, TASK2)
+    assert ("online", [0.125]) in seen
+    rows = {}
+    for name, out in (("program", tmp_path / "program"), ("alone", tmp_path / "alone")):
+        train = read_csv(os.path.join(run_path(out, TASK2, 2.0), "train.csv"))
+        rows[name] = np.array([[float(r[k]) for k in ("kl_hat", "lambda_eff", "critic_loss")]
+                               for r in train if r["phase"] == "online"])
+    assert len(rows["program"]) == 1
+    np.testing.assert_allclose(rows["program"], rows["alone"], rtol=2e-4, atol=1e-5)
