@@ -224,7 +224,7 @@ def time_calls(fn, states, data, repeats):
 def time_scanned(scanned, states, data, repeats):
     """Compiles the scanned train fn ahead of time and times it.
 
-    Returns (compile_s, XLA temp MB, state MB, seconds per call, states).
+    Returns (compile_s, XLA temp MB, state MB, seconds per call, states, the compiled program).
     """
     start = time.perf_counter()
     compiled = scanned.lower(states, data).compile()
@@ -233,7 +233,7 @@ def time_scanned(scanned, states, data, repeats):
     temp_mb = getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory is not None else float("nan")
     state_mb = chunks.tree_nbytes(states) / 2**20
     seconds, states = time_calls(compiled, states, data, repeats)
-    return compile_s, temp_mb, state_mb, seconds, states
+    return compile_s, temp_mb, state_mb, seconds, states, compiled
 
 
 def device_peak_bytes():
@@ -260,7 +260,7 @@ def bench_seeds(cfg, nets, shapes: Shapes, roof: Roof):
     for num_seeds in [int(s) for s in FLAGS.seeds]:
         states = agent.init_seeds(jnp.arange(num_seeds), cfg, nets, shapes.obs_dim, shapes.chunk_dim)
         scanned = agent.make_train_fn(cfg, nets, sample, shapes.scan_steps)
-        compile_s, temp_mb, state_mb, seconds, states = time_scanned(scanned, states, data, shapes.repeats)
+        compile_s, temp_mb, state_mb, seconds, states, _ = time_scanned(scanned, states, data, shapes.repeats)
         scan_rate = shapes.scan_steps / seconds
         single = agent.make_train_fn(cfg, nets, sample, 1)
         seconds, states = time_calls(single, states, data, shapes.repeats * 2)
@@ -312,13 +312,7 @@ def bench_learners(cfg, nets, shapes: Shapes, roof: Roof, learner_counts, profil
         hparams = agent.hyperparams(cfg, **{field: values}) if field else None
         states = agent.init_seeds(seeds, cfg, nets, shapes.obs_dim, shapes.chunk_dim, hparams=hparams)
         data = chunks.TaskData(domain, jnp.asarray(tasks))
-        start = time.perf_counter()
-        compiled = scanned.lower(states, data).compile()
-        compile_s = time.perf_counter() - start
-        memory = compiled.memory_analysis()
-        temp_mb = getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory is not None else float("nan")
-        state_mb = chunks.tree_nbytes(states) / 2**20
-        seconds, states = time_calls(compiled, states, data, shapes.repeats)
+        compile_s, temp_mb, state_mb, seconds, states, compiled = time_scanned(scanned, states, data, shapes.repeats)
         rate = shapes.scan_steps / seconds  # updates/s of each learner
         gflop, tflops, pct_mm, pct_floor = roof.columns(rate * num_learners)
         print(f"{num_learners:>3} {compile_s:>9.1f} {rate * num_learners:>11.1f} {rate:>13.1f} {gflop:>9.3g} "

@@ -255,6 +255,30 @@ def _damage(path: str, full: bool = False) -> Optional[str]:
     return None
 
 
+def _same_settings(path: str) -> str:
+    """The make_dataset flags that rebuild the file pair of `path` as it was: from the record written
+    beside it, else from its readable twin (train <-> val file), else none (the official settings)."""
+    from experiments import make_dataset
+
+    record = make_dataset.read_generation_record(path)
+    if record is None:
+        twin = path[:-len('-val.npz')] + '.npz' if path.endswith('-val.npz') else path[:-len('.npz')] + '-val.npz'
+        try:
+            with np.load(twin) as f:
+                ends = int(np.asarray(f['terminals']).sum())
+                rows = len(f['terminals'])
+        except Exception:  # no twin, or damaged too: the official settings
+            return ''
+        if ends < 1:
+            return ''
+        episodes = round(ends / 0.1) if twin.endswith('-val.npz') else ends  # val: the default 10%
+        record = {'num_episodes': episodes, 'episode_length': rows // ends}
+    flags = {'num_episodes': record.get('num_episodes'), 'episode_length': record.get('episode_length'),
+             'seed': record.get('seed'), 'val_fraction': record.get('val_fraction')}
+    defaults = {'seed': 0, 'val_fraction': 0.1}
+    return ''.join(f' --{k}={v}' for k, v in flags.items() if v is not None and defaults.get(k) != v)
+
+
 def _repair_hint(path: str, info: EnvInfo, dataset_dir: str) -> str:
     """One line: how to get a good copy of the dataset file at `path`."""
     if info.spec.navigation:
@@ -270,7 +294,7 @@ def _repair_hint(path: str, info: EnvInfo, dataset_dir: str) -> str:
     shard = re.fullmatch(re.escape(info.dataset) + r'-(\d{3})(?:-val)?\.npz', os.path.basename(path))
     if shard is None:
         return ('Regenerate it with: python -m experiments.make_dataset '
-                f'--dataset={info.dataset} --dataset_dir={dataset_dir} --overwrite')
+                f'--dataset={info.dataset} --dataset_dir={dataset_dir}{_same_settings(path)} --overwrite')
     index = int(shard.group(1))
     release = os.path.basename(os.path.dirname(path))
     if release not in (f'{info.domain}-10m-v0', f'{info.domain}-100m-v0'):

@@ -638,6 +638,32 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return _NoBar()
 
 
+def generation_record_path(npz_path: str) -> str:
+    """The JSON beside a generated file pair (`<stem>.generation.json`) that records how it was made, so
+    that a damaged file can be rebuilt exactly: the same settings give the same bytes."""
+    stem = npz_path[:-len('-val.npz')] if npz_path.endswith('-val.npz') else npz_path[:-len('.npz')]
+    return stem + '.generation.json'
+
+
+def read_generation_record(npz_path: str) -> dict | None:
+    import json
+
+    try:
+        with open(generation_record_path(npz_path)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_generation_record(train_path: str, record: dict) -> None:
+    import json
+
+    path = generation_record_path(train_path)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + '.tmp', path)
+
+
 def generate_dataset(
     dataset_name: str,
     dataset_dir: str = DEFAULT_DATASET_DIR,
@@ -774,6 +800,9 @@ def generate_dataset(
                     _merge_parts([t.part_path for t in parts], tmp_paths[final], compress)
                     for t in parts:
                         os.remove(t.part_path)
+                _write_generation_record(unit.train_path, {
+                    'num_episodes': num_episodes, 'episode_length': episode_length, 'seed': seed,
+                    'val_fraction': val_fraction, 'noise': noise, 'noise_smoothing': noise_smoothing})
                 # Val first: the train file appearing marks the pair as complete.
                 for final in (unit.val_path, unit.train_path):
                     os.replace(tmp_paths[final], final)

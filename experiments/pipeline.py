@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from experiments import data, learners
-from experiments.checkpointing import Checkpointer, config_differences
+from experiments.checkpointing import Checkpointer, config_differences, flatten
 from experiments.logs import RunLogger
 from experiments.policy import make_chunk_policy
 from experiments.preemption import NEVER, Interrupted, Preemption
@@ -42,6 +42,9 @@ NOT_IDENTITY = ("output_dir", "dataset_dir", "env_name", "suite", "tasks", "swee
                 "learners_per_program", "wandb.project", "wandb.entity", "wandb.group")
 # Raising these extends a run; they are checked separately.
 EXTENDABLE = ("offline_steps", "online_steps")
+# Config fields added after runs were saved, with the value that reproduces such a run: a saved config
+# without one compares as that value, so the run resumes. (Fields added as None placeholders need none.)
+ADDED_FIELDS = {"agent.compute_dtype": "float32"}
 
 
 class RunDirExistsError(RuntimeError):
@@ -399,9 +402,10 @@ def compile_train(train, states, data_example, label: str):
     online = isinstance(data_example.data, chunks.ReplayData)
     offline = data_example.data.offline if online else data_example.data
     replay = f", online replay {mib(chunks.tree_nbytes(data_example.data.online))}" if online else ""
-    print(f"{label}: {len(np.asarray(data_example.task))} learners compiled in {time.time() - started:.1f} s; memory: "
-          f"state {mib(chunks.tree_nbytes(states))}, XLA temp {mib(temp)}{replay}, dataset "
-          f"{mib(chunks.tree_nbytes(offline))} (held once).")
+    # tqdm.write: a line of its own above the phase's progress bar, not appended to it.
+    tqdm.write(f"{label}: {len(np.asarray(data_example.task))} learners compiled in {time.time() - started:.1f} s; "
+               f"memory: state {mib(chunks.tree_nbytes(states))}, XLA temp {mib(temp)}{replay}, dataset "
+               f"{mib(chunks.tree_nbytes(offline))} (held once).")
     return compiled
 
 
@@ -678,6 +682,7 @@ def check_run_dir(run_dir: str, resume: bool, config, saved_step: Optional[int],
 def check_saved_config(run_dir: str, saved: Dict, config, saved_phase: Optional[str] = None) -> None:
     """Refuses to resume `run_dir` with a config that differs from its saved one (ConfigMismatchError)."""
     current = json.loads(config.to_json())
+    saved = {**ADDED_FIELDS, **flatten(saved)}
     diffs = config_differences(saved, current, ignore=NOT_IDENTITY + EXTENDABLE)
     if diffs:
         raise ConfigMismatchError(

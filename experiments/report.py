@@ -1091,7 +1091,7 @@ def _finish(ax, title, ylabel, boundary, empty_text=None, legend=True):
     if empty_text:
         ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="0.4")
     if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=8)
 
 
 def _new_figure(ncols, nrows=1):
@@ -1122,7 +1122,8 @@ def plot_run(run: Run, path: str, released=None):
         where = "eval.csv" if column == "success" else "train.csv"
         _finish(ax, f"{column} ({len(curves)} seeds)", ylabel, boundary,
                 None if curves else f"no {column} in {where}")
-    fig.suptitle(f"{run.env_name} / {run.method}", fontsize=10)
+    fig.suptitle(f"{run.env_name} / {run.method}: thin lines are seeds; thick line and band, mean ± std "
+                 f"(ddof={STD_DDOF}) over seeds", fontsize=10)
     fig.savefig(path, dpi=100)
     return fig
 
@@ -1183,7 +1184,7 @@ def plot_profiles(rows: Sequence[Row], phase: str, path: str, reps: int = BOOTST
     ax.set_ylabel("fraction of runs with success > τ")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=8)
     ax.set_title(f"performance profile, {phase}\n(bands: 95% stratified bootstrap CI)", fontsize=8)
     fig.savefig(path, dpi=100)
     return fig

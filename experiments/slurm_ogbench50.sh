@@ -25,7 +25,7 @@
 
 set -uo pipefail
 METHOD=${METHOD:-trqam}
-NUM_SEEDS=${NUM_SEEDS:-4}
+NUM_SEEDS=${NUM_SEEDS:-8}  # the protocol: 8 seeds per task
 python -m experiments.train \
   --config=experiments/configs/ogbench.py \
   --suite=ogbench50 --shard="${SLURM_ARRAY_TASK_ID}/10" \

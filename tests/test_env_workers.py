@@ -102,7 +102,8 @@ def test_dataset_workers_do_not_import_the_launcher(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and out.strip() == 'done', err[-3000:]
     assert _marker(tmp_path) == ''
-    assert sorted(os.listdir(tmp_path / 'data')) == ['cube-single-play-v0-val.npz', 'cube-single-play-v0.npz']
+    assert sorted(os.listdir(tmp_path / 'data')) == ['cube-single-play-v0-val.npz', 'cube-single-play-v0.generation.json',
+                                                     'cube-single-play-v0.npz']
 
 
 def test_worker_import_chain_has_no_jax():

@@ -699,3 +699,25 @@ def test_a_second_signal_during_a_save_lets_the_save_finish(dataset_dir, whole, 
     assert steps_in(os.path.join(run_path(tmp_path), "checkpoints"))[-1] == 100 and not leftovers(tmp_path)
     run_with_signals(config, resume=True)
     same_logs(run_path(whole), run_path(tmp_path))
+
+
+OLD_RUN = os.path.join(ROOT, "tests", "fixtures", "run_before_issue16")
+
+
+def test_a_run_dir_written_by_the_previous_version_resumes(dataset_dir, tmp_path, capsys):
+    """tests/fixtures/run_before_issue16 was written by the version before this one (commit 3b831fd):
+    the tiny config, 100 offline steps, checkpoints at 50 and 100, on the same generated dataset. Its
+    checkpoints lack a per-learner hyperparameter added since and its config.json lacks newer fields.
+    Extended to 150 steps, it resumes from step 100: nothing is moved aside or retrained."""
+    out = tmp_path / "old"
+    shutil.copytree(OLD_RUN, out)
+    run = run_path(out)
+    before = read_csv(os.path.join(run, "train.csv"))
+    config = tiny_config(dataset_dir, out, offline_steps=150, save_every=50, eval_every=50, online_start_steps=5000)
+    pipeline.run_task(config, resume=True)
+    said = capsys.readouterr()
+    assert f"Resuming {run} from step 100" in said.out, said.out
+    assert not os.path.exists(os.path.join(run, "checkpoints_damaged")) and "damaged" not in said.err
+    after = read_csv(os.path.join(run, "train.csv"))
+    assert after[:len(before)] == before and {r["step"] for r in after[len(before):]} == {"150"}
+    assert steps_in(os.path.join(run, "checkpoints"))[-1] == 150

@@ -193,7 +193,8 @@ def test_same_seed_same_bytes_any_worker_count(tiny_dirs, tmp_path):
     _generate(domain, tmp_path / 'w2', num_workers=2, chunk_episodes=1)
     for name in (f'{domain}-play-v0.npz', f'{domain}-play-v0-val.npz'):
         assert _sha256(tmp_path / 'w2' / name) == _sha256(ref / name)
-    assert sorted(os.listdir(tmp_path / 'w2')) == sorted([f'{domain}-play-v0.npz', f'{domain}-play-v0-val.npz'])
+    assert sorted(os.listdir(tmp_path / 'w2')) == sorted([f'{domain}-play-v0.npz', f'{domain}-play-v0-val.npz',
+                                                         f'{domain}-play-v0.generation.json'])  # how it was made
 
     _generate(domain, tmp_path / 's1', seed=1)
     with np.load(ref / f'{domain}-play-v0.npz') as a, np.load(tmp_path / 's1' / f'{domain}-play-v0.npz') as b:
@@ -261,7 +262,8 @@ def test_sharded_layout(tmp_path, no_download):
     shard_dir = tmp_path / 'all' / name
     expected = ['cube-single-play-v0-000-val.npz', 'cube-single-play-v0-000.npz',
                 'cube-single-play-v0-001-val.npz', 'cube-single-play-v0-001.npz']
-    assert sorted(os.listdir(shard_dir)) == expected
+    records = ['cube-single-play-v0-000.generation.json', 'cube-single-play-v0-001.generation.json']
+    assert sorted(os.listdir(shard_dir)) == sorted(expected + records)
     assert sorted(written) == sorted(str(shard_dir / n) for n in expected)
     assert md.dataset_file_paths(name, str(tmp_path / 'all'), num_shards=2) == [
         (str(shard_dir / 'cube-single-play-v0-000.npz'), str(shard_dir / 'cube-single-play-v0-000-val.npz')),
@@ -411,7 +413,8 @@ def test_workers_die_with_a_killed_parent_and_the_next_run_cleans_up(tmp_path):
     # (the same bytes for any worker count: test_same_seed_same_bytes_any_worker_count).
     written = md.generate_dataset('cube-single-play-v0', str(out), num_workers=2, progress=False, **_KILL_ARGS)
     assert len(written) == 2
-    assert sorted(os.listdir(out)) == ['cube-single-play-v0-val.npz', 'cube-single-play-v0.npz']
+    assert sorted(os.listdir(out)) == ['cube-single-play-v0-val.npz', 'cube-single-play-v0.generation.json',
+                                       'cube-single-play-v0.npz']
     md.generate_dataset('cube-single-play-v0', str(tmp_path / 'ref'), num_workers=2, progress=False, **_KILL_ARGS)
     for name in ('cube-single-play-v0.npz', 'cube-single-play-v0-val.npz'):
         assert _sha256(out / name) == _sha256(tmp_path / 'ref' / name)
