@@ -721,3 +721,13 @@ def test_a_run_dir_written_by_the_previous_version_resumes(dataset_dir, tmp_path
     after = read_csv(os.path.join(run, "train.csv"))
     assert after[:len(before)] == before and {r["step"] for r in after[len(before):]} == {"150"}
     assert steps_in(os.path.join(run, "checkpoints"))[-1] == 150
+
+
+def test_the_interrupted_line_says_where_in_the_run_words():
+    """Online steps are counted as env steps (the run's step count beside them); a signal before any
+    checkpoint, or a second one, never claims 'before training started'."""
+    assert "at online env step 95 (step 395);" in Interrupted(signal.SIGTERM, 395, "online", 300).message()
+    assert "at offline step 1400;" in Interrupted(signal.SIGTERM, 1400, "offline").message()
+    assert "(SIGINT) during start-up;" in Interrupted(signal.SIGINT).message()
+    again = Interrupted(signal.SIGTERM, again=True).message()
+    assert "a second time" in again and "before training" not in again and again.endswith("--resume.")

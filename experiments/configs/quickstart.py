@@ -1,4 +1,5 @@
-"""A real, small job for a 2-core CPU with no internet (about 10 minutes):
+"""A real, small job for a 2-core CPU with no internet: about 2 minutes (2 min 7 s measured on a quiet
+2-core machine on 2026-12-01, dataset generation included).
 
   python -m experiments.train        # this config is the default
 
