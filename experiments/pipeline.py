@@ -1,7 +1,7 @@
 """The stages of one task: BC pretraining (cached per domain), offline and online fine-tuning,
 periodic evaluation and checkpoints. Seeds are vmapped, and sharded across local devices.
 
-Lifecycle guarantees (README, "Failure and recovery"):
+Lifecycle guarantees (docs/recovery.md):
 - the whole config is validated before anything is written;
 - a run directory with no checkpoint may be started afresh, with or without --resume;
 - --resume is idempotent: no run dir starts fresh, a partial run continues, a finished run exits;

@@ -82,7 +82,7 @@ def test_async_workers_load_no_jax_and_fit_their_memory(tmp_path):
                 mapped = sorted({l.split()[-1] for l in f if 'jax' in l})
             assert mapped == [], f'worker {pid} mapped {mapped[:3]}'
             mb = ew.private_mb(pid)
-            # Measured 385 MB for cube-single (README, experiments/env_workers.py); 531 MB with jax.
+            # Measured 385 MB for cube-single (docs/data.md, experiments/env_workers.py); 531 MB with jax.
             assert 100 < mb < ew.ENV_WORKER_MB, f'worker {pid}: {mb:.0f} MB private'
         assert _marker(tmp_path) == ''
     finally:
