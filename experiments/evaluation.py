@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import functools
 import gc
 import os
@@ -393,13 +394,6 @@ def background_episodes_per_round(num_seeds: int, num_episodes: int, num_workers
     return max(fits, default=1)
 
 
-class _Job(NamedTuple):
-    step: int
-    params: Any
-    seed: int
-    key: Any
-
-
 class BackgroundEvaluator:
     """Evaluations of S seeds x E episodes on a background thread, beside training.
 
@@ -409,9 +403,9 @@ class BackgroundEvaluator:
     every CPU core but one, within half of the free memory (`default_num_workers`); the E episodes run in E / E_r rounds, so memory stays bounded.
 
     `submit(step, params, seed, key)` copies `params` to host memory (`jax.device_get`) and returns at
-    once. A single thread runs the evaluations in submission order, each exactly as
-    `Evaluator.run(functools.partial(act_fn, params), seed=seed, horizon=horizon, key=key)`, so the
-    results equal those of a blocking sync `Evaluator` with the same E_r, seeds and keys.
+    once. A `ThreadPoolExecutor` with one worker thread runs the evaluations in submission order, each
+    exactly as `Evaluator.run(functools.partial(act_fn, params), seed=seed, horizon=horizon, key=key)`,
+    so the results equal those of a blocking sync `Evaluator` with the same E_r, seeds and keys.
     `poll()` returns the finished `(step, EvalResult)` pairs in submission order (an earlier step is
     always returned before a later one), `wait()` blocks until all submitted work is done and returns
     the rest, `pending()` lists the steps submitted but not yet returned, and `waited_s` is the total
@@ -419,7 +413,8 @@ class BackgroundEvaluator:
     next `poll()` / `wait()` (and `submit()`), and again at every later call; the evaluations queued
     after it do not run, and finished results not yet returned are dropped. `close()`
     cancels the evaluations not started, stops the running one at its next env step, and closes the
-    envs; it does not wait for any evaluation to finish.
+    envs; it does not wait for any evaluation to finish. Call the methods from one thread (the
+    training loop's).
 
         evaluator = BackgroundEvaluator(env_name, S, E, act_fn=policy, horizon=H)
         for step in ...:
@@ -464,17 +459,15 @@ class BackgroundEvaluator:
             context=context,
         )
         self.waited_s = 0.0
-        self._cond = threading.Condition()
-        self._queue: collections.deque[_Job] = collections.deque()  # submitted, not started
-        self._running: Optional[int] = None  # the step being evaluated
-        self._done: collections.deque = collections.deque()  # (step, EvalResult), not yet returned
-        self._pending: collections.deque[int] = collections.deque()  # submitted, not yet returned
+        # One worker thread: the evaluations run one at a time, in submission order.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix='background-evaluation')
+        # (step, future) submitted and not yet returned, in submission order.
+        self._futures: collections.deque[tuple[int, concurrent.futures.Future]] = collections.deque()
         self._error: Optional[BaseException] = None
         self._closed = False
         self._cancel = threading.Event()
         self.evaluator._cancel = self._cancel
-        self._thread = threading.Thread(target=self._loop, name='background-evaluation', daemon=True)
-        self._thread.start()
 
     @property
     def episodes_per_round(self) -> int:
@@ -487,59 +480,47 @@ class BackgroundEvaluator:
         self._raise_error()
         if self._closed:
             raise RuntimeError('BackgroundEvaluator.submit after close().')
-        job = _Job(int(step), jax.device_get(params), int(seed), key)
-        with self._cond:
-            self._queue.append(job)
-            self._pending.append(job.step)
-            self._cond.notify_all()
+        future = self._executor.submit(self._run, jax.device_get(params), int(seed), key)
+        self._futures.append((int(step), future))
 
     def poll(self) -> list[tuple[int, EvalResult]]:
         """The evaluations finished since the last poll/wait, in submission order; never blocks."""
         self._raise_error()
-        with self._cond:
-            return self._take()
+        return self._take()
 
     def wait(self) -> list[tuple[int, EvalResult]]:
         """Block until every submitted evaluation is done; return the ones not yet returned."""
         start = time.perf_counter()
         try:
-            with self._cond:
-                while (
-                    (self._queue or self._running is not None)
-                    and self._error is None
-                    and self._thread.is_alive()
-                ):
-                    self._cond.wait()
+            # After a failure the later evaluations end at once (`_run`), so this returns.
+            concurrent.futures.wait(self._uncancelled())
         finally:
             self.waited_s += time.perf_counter() - start
         self._raise_error()
-        with self._cond:
-            return self._take()
+        return self._take()
 
     def pending(self) -> list[int]:
         """The steps submitted and not yet returned by poll/wait (queued, running or finished)."""
-        with self._cond:
-            return list(self._pending)
+        return [step for step, _ in self._futures]
 
     def close(self) -> None:
         """Cancel queued evaluations, stop the running one, close the envs. Idempotent."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.clear()
-            self._cancel.set()
-            self._cond.notify_all()
-        self._thread.join(self.close_timeout_s)
-        if self._thread.is_alive():
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        _, running = concurrent.futures.wait(self._uncancelled(), timeout=self.close_timeout_s)
+        if running:
             # The running evaluation is stuck in the policy (or in an env step): kill the workers; the
-            # daemon thread ends with an error nobody reads.
+            # evaluation ends with an error nobody reads.
             envs = self.evaluator.envs
             if isinstance(envs, AsyncVectorEnv):
                 for process in envs.processes:
                     if process.is_alive():
                         process.kill()
         else:
+            self._executor.shutdown(wait=True)  # nothing is left to run: the thread ends at once
             self.evaluator.close()
 
     def __enter__(self) -> 'BackgroundEvaluator':
@@ -551,49 +532,38 @@ class BackgroundEvaluator:
     # Internals.
 
     def _take(self) -> list[tuple[int, EvalResult]]:
-        out = list(self._done)
-        self._done.clear()
-        for _ in out:
-            self._pending.popleft()
+        """Pop the finished results at the head of the queue (a later one waits for the earlier ones)."""
+        out = []
+        while self._futures:
+            step, future = self._futures[0]
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                break
+            out.append((step, future.result()))
+            self._futures.popleft()
         return out
+
+    def _uncancelled(self) -> list[concurrent.futures.Future]:
+        # A future cancelled before it started never counts as done in `concurrent.futures.wait`.
+        return [future for _, future in self._futures if not future.cancelled()]
 
     def _raise_error(self) -> None:
         error = self._error
         if error is not None:
             raise error
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                job = self._queue.popleft()
-                self._running = job.step
-            try:
-                result = self.evaluator.run(
-                    functools.partial(self.act_fn, job.params),
-                    seed=job.seed,
-                    horizon=self.horizon,
-                    key=job.key,
-                )
-            except EvaluationCancelled:
-                with self._cond:
-                    self._running = None
-                    self._cond.notify_all()
-                return
-            except BaseException as e:  # re-raised in the caller by poll/wait/submit
-                with self._cond:
-                    if not self._closed:
-                        self._error = e
-                    self._running = None
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                self._done.append((job.step, result))
-                self._running = None
-                self._cond.notify_all()
+    def _run(self, params: Any, seed: int, key: Any) -> EvalResult:
+        """In the worker thread: one evaluation, unless an earlier one failed or `close` was called."""
+        if self._error is not None or self._cancel.is_set():
+            raise EvaluationCancelled('evaluation cancelled')
+        try:
+            return self.evaluator.run(
+                functools.partial(self.act_fn, params), seed=seed, horizon=self.horizon, key=key)
+        except EvaluationCancelled:
+            raise
+        except BaseException as e:  # re-raised in the caller by poll/wait/submit
+            if not self._closed:
+                self._error = e
+            raise
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_close_with_work_in_flight_does_not_hang():
     t0 = time.perf_counter()
     bg.close()
     assert time.perf_counter() - t0 < 5.0
-    assert not bg._thread.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith('background-evaluation')]  # joined
     bg.close()  # idempotent
     for process in processes:
         process.join(5)
