@@ -2,9 +2,9 @@
 
 An async vector env (`experiments.evaluation.make_vector_env`) runs one OGBench env per worker
 process. A worker unpickles `make_worker_env` from this module, so its import chain is this module's:
-numpy, gymnasium, ogbench, mujoco (and absl, through `experiments.make_dataset`), never jax or
-trqam_jax. `experiments/__init__.py` is empty, so importing `experiments.env_workers` loads nothing
-else.
+numpy, gymnasium, ogbench, mujoco, never jax or trqam_jax (dataset workers add
+`experiments.make_dataset` and absl). `experiments/__init__.py` is empty, so importing
+`experiments.env_workers` loads nothing else.
 
 Multiprocessing would still import the launcher's main module in every worker: with the 'spawn' and
 'forkserver' start methods, each child runs `python -m experiments.train` again as `__mp_main__`, and
@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
 import threading
 import time
 import warnings
@@ -107,28 +109,71 @@ def process_start_time(pid: int) -> Optional[int]:
     return None if fields[0] in ('Z', 'X') else int(fields[19])
 
 
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists on this machine and is not a zombie."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return True
+
+
 def owner_alive(owner_pid: int, owner_start: Optional[int]) -> bool:
     if owner_start is None:  # no /proc: fall back on the pid alone
-        from experiments.make_dataset import _pid_alive
-
-        return _pid_alive(owner_pid)
+        return pid_alive(owner_pid)
     return process_start_time(owner_pid) == owner_start
+
+
+_PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
+
+
+def die_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Make this worker process end when its parent does, even when the parent is killed with -9.
+
+    On Linux the kernel sends SIGKILL to the worker when the parent dies (prctl PR_SET_PDEATHSIG).
+    As a fallback (other systems, or a prctl failure), a daemon thread polls the parent pid and
+    exits the process once the worker has been re-parented.
+    """
+    if sys.platform.startswith('linux'):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # The parent died before the death signal was armed.
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name='parent-watchdog', daemon=True).start()
 
 
 def die_with_owner(owner_pid: int, owner_start: Optional[int], poll_seconds: float = 0.2) -> None:
     """In an env worker process: end this process when the owner (the process that built the vector
     env) dies, kill -9 included.
 
-    `make_dataset._die_with_parent` arms PDEATHSIG (SIGKILL from the kernel when the parent dies) and
+    `die_with_parent` arms PDEATHSIG (SIGKILL from the kernel when the parent dies) and
     watches the parent pid. That suffices for the 'fork' and 'spawn' contexts, where the parent is the
     owner. With 'forkserver' the parent is the forkserver, which outlives the owner (every worker holds
     its liveness pipe), so a daemon thread also watches the owner itself. An idle worker also ends on
     its own when the owner's pipe end closes, unless another process (e.g. a forked child of the owner)
     still holds it.
     """
-    from experiments.make_dataset import _die_with_parent
-
-    _die_with_parent(os.getppid())
+    die_with_parent(os.getppid())
     if os.getppid() == owner_pid:
         return
     if not owner_alive(owner_pid, owner_start):  # died before we started watching

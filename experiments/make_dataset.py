@@ -50,7 +50,6 @@ import pickle
 import re
 import signal
 import sys
-import threading
 import time
 import uuid
 import zipfile
@@ -58,6 +57,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from absl import app
+
+from experiments import files
+from experiments.env_workers import die_with_parent, pid_alive
 
 DEFAULT_DATASET_DIR = '~/.ogbench/data'
 DEFAULT_EPISODE_LENGTH = 1001  # Rows per episode in the official play datasets (1000 transitions).
@@ -374,43 +376,13 @@ def _worker_entry(task: _ChunkTask) -> tuple[_ChunkTask, int]:
     return _collect_chunk(task)
 
 
-_PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
-
-
-def _die_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
-    """Make this worker process end when its parent does, even when the parent is killed with -9.
-
-    On Linux the kernel sends SIGKILL to the worker when the parent dies (prctl PR_SET_PDEATHSIG).
-    As a fallback (other systems, or a prctl failure), a daemon thread polls the parent pid and
-    exits the process once the worker has been re-parented.
-    """
-    if sys.platform.startswith('linux'):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # The parent died before the death signal was armed.
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(poll_seconds)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name='parent-watchdog', daemon=True).start()
-
-
 def _worker_loop(task_queue, result_queue, parent_pid: int | None = None) -> None:
     """Worker process: run chunk tasks until the None sentinel; report each result or the error."""
     import traceback
     import warnings
 
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     warnings.filterwarnings('ignore')
     # The parent decides when to stop; Ctrl-C in the terminal should not kill workers mid-write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -564,23 +536,6 @@ def _merge_parts(part_paths: Sequence[str], out_path: str, compress: bool) -> No
 _TMP_NAME_RE = re.compile(r'^\.(?P<base>.+)\.(?P<pid>\d+)-(?P<hex>[0-9a-f]{8})(?P<tag>\.[0-9]+-[0-9]+\.part)?\.tmp$')
 
 
-def _pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists on this machine and is not a zombie."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except (OSError, IndexError):
-        return True
-
-
 def remove_stale_temporaries(units: Sequence['_Unit']) -> list[str]:
     """Remove the hidden part and merge files that a killed run left for these file pairs.
 
@@ -597,7 +552,7 @@ def remove_stale_temporaries(units: Sequence['_Unit']) -> list[str]:
             continue
         for name in os.listdir(directory):
             match = _TMP_NAME_RE.match(name)
-            if match is None or match.group('base') not in names or _pid_alive(int(match.group('pid'))):
+            if match is None or match.group('base') not in names or pid_alive(int(match.group('pid'))):
                 continue
             try:
                 os.remove(os.path.join(directory, name))
@@ -646,22 +601,11 @@ def generation_record_path(npz_path: str) -> str:
 
 
 def read_generation_record(npz_path: str) -> dict | None:
-    import json
-
-    try:
-        with open(generation_record_path(npz_path)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return files.read_json(generation_record_path(npz_path))
 
 
 def _write_generation_record(train_path: str, record: dict) -> None:
-    import json
-
-    path = generation_record_path(train_path)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + '.tmp', path)
+    files.write_json(generation_record_path(train_path), record)
 
 
 def generate_dataset(
