@@ -39,6 +39,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, 
 
 import numpy as np
 
+from experiments.configs.domains import DOMAIN_SETTINGS, TASKS  # noqa: F401 (TASKS: part of this module's API)
 from trqam_jax import chunks
 
 DEFAULT_DATASET_DIR = '~/.ogbench/data'
@@ -78,25 +79,17 @@ class DomainSpec(NamedTuple):
     num_shards: int  # 0 = the single standard file <domain>-v0.npz (+ -val.npz)
 
 
-def _d(name, navigation, size_m=1, shard_dirs=(), num_shards=0):
-    return DomainSpec(name, navigation, size_m, tuple(shard_dirs), num_shards)
+# The domains stored in shards (the others are one standard 1M file): size_m, candidate dirs, num_shards.
+_SHARDED = {
+    'antmaze-giant-navigate': (10, ('antmaze-giant-navigate-10m-v0',), 10),
+    'puzzle-4x4-play': (10, ('puzzle-4x4-play-10m-v0', 'puzzle-4x4-play-100m-v0'), 10),
+    'cube-triple-play': (10, ('cube-triple-play-10m-v0', 'cube-triple-play-100m-v0'), 10),
+    'cube-quadruple-play': (100, ('cube-quadruple-play-100m-v0',), 100),
+}
 
-
+# One spec per domain of experiments.configs.domains, in its order.
 DOMAINS: Dict[str, DomainSpec] = {
-    d.name: d
-    for d in [
-        _d('antmaze-large-navigate', True),
-        _d('antmaze-giant-navigate', True, 10, ['antmaze-giant-navigate-10m-v0'], 10),
-        _d('humanoidmaze-medium-navigate', True),
-        _d('humanoidmaze-large-navigate', True),
-        _d('scene-play', False),
-        _d('puzzle-3x3-play', False),
-        _d('puzzle-4x4-play', False, 10, ['puzzle-4x4-play-10m-v0', 'puzzle-4x4-play-100m-v0'], 10),
-        _d('cube-double-play', False),
-        _d('cube-triple-play', False, 10, ['cube-triple-play-10m-v0', 'cube-triple-play-100m-v0'], 10),
-        _d('cube-quadruple-play', False, 100, ['cube-quadruple-play-100m-v0'], 100),
-        _d('cube-single-play', False),
-    ]
+    name: DomainSpec(name, name.endswith('-navigate'), *_SHARDED.get(name, (1, (), 0))) for name in DOMAIN_SETTINGS
 }
 
 _ENV_RE = re.compile(r'^(?P<domain>[a-z0-9]+(?:-[a-z0-9]+)*?)-singletask(?:-task(?P<task>\d+))?-(?P<version>v\d+)$')
@@ -142,7 +135,6 @@ def parse_env_name(env_name: str) -> EnvInfo:
     )
 
 
-TASKS = (1, 2, 3, 4, 5)  # the single tasks of every OGBench domain
 
 
 def is_domain_name(name) -> bool:

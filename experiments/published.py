@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from experiments import safe_pickle
+from experiments.configs.domains import SUITE_DOMAINS
 
 # ------------------------------------------------------------------------------ the paper's table
 #
@@ -24,11 +25,7 @@ from experiments import safe_pickle
 # other rows unchanged. Same protocol as this project (docs/conventions.md section 10).
 PAPER_SOURCE = ("the TRQAM paper's table (8 seeds, offline success at 1M steps, mean ± std over seeds); "
                 "the SQAM row from the authors' SQAM paper (arXiv 2610.10437)")
-PAPER_DOMAINS = (
-    "antmaze-large-navigate", "antmaze-giant-navigate", "humanoidmaze-medium-navigate",
-    "humanoidmaze-large-navigate", "scene-play", "puzzle-3x3-play", "puzzle-4x4-play",
-    "cube-double-play", "cube-triple-play", "cube-quadruple-play",
-)
+PAPER_DOMAINS = SUITE_DOMAINS  # the paper's columns: the protocol's 10 domains, in its order
 # The paper's column names.
 PAPER_SHORT = {d: d.replace("-navigate", "").replace("-play", "") for d in PAPER_DOMAINS}
 PAPER_METHODS = ("FQL", "CGQL-L", "DSRL", "IFQL", "QAM", "QAM-E", "TRQAM", "SQAM")

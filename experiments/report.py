@@ -78,6 +78,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments import published
+from experiments.configs.domains import EXTRA_DOMAINS, TASKS
+from experiments.configs.domains import SUITE_DOMAINS as DOMAINS  # conventions §10's order
 
 PHASES = ("offline", "online")
 # Phases accepted in eval.csv: "bc" marks an evaluation of the BC-pretrained policy (step 0 of
@@ -86,14 +88,7 @@ EVAL_PHASES = ("bc",) + PHASES
 PHASE_RANK = {"bc": 0, "offline": 1, "online": 2}
 # Standard deviation over seeds: the sample std (ddof=1), as the reference's exp_data/reproduce.py.
 STD_DDOF = 1
-# conventions §10's order, then the extra single-task domain used for quick runs.
-DOMAINS = (
-    "antmaze-large-navigate", "antmaze-giant-navigate", "humanoidmaze-medium-navigate",
-    "humanoidmaze-large-navigate", "scene-play", "puzzle-3x3-play", "puzzle-4x4-play",
-    "cube-double-play", "cube-triple-play", "cube-quadruple-play",
-)
-EXTRA_DOMAINS = ("cube-single-play",)
-TASKS_PER_DOMAIN = 5
+TASKS_PER_DOMAIN = len(TASKS)
 METHOD_ORDER = ("trqam", "sqam", "qam", "bc")
 ENV_NAME_RE = re.compile(
     r"^(?P<domain>[A-Za-z0-9][A-Za-z0-9-]*?)-singletask-task(?P<task>\d+)-v\d+$")
