@@ -1,11 +1,14 @@
 """Per-run logs: train.csv and eval.csv (one row per seed), TensorBoard scalars (seed means)."""
 
 import csv
+import io
 import os
 import secrets
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+
+from experiments import files
 
 EVAL_FIELDS = ("step", "phase", "seed", "success", "episode_return")
 
@@ -22,12 +25,11 @@ class CsvLog:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
                 # A resumed run keeps the header of the first run.
                 self.fields = list(rows[0].keys()) if rows else self.fields
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        files.write_atomic(path, text.getvalue(), newline="")
 
     def write(self, rows: Sequence[Dict]) -> None:
         with open(self.path, "a", newline="") as f:

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from experiments import data, learners
+from experiments import data, files, learners
 from experiments.checkpointing import Checkpointer, config_differences, flatten
 from experiments.logs import RunLogger
 from experiments.policy import make_chunk_policy
@@ -648,20 +648,6 @@ def online_phase(ctx: Context, states, online, start: int, outputs):
 # The run directory: validation before anything is written, resume and extension.
 
 
-def _read_json(path: str) -> Optional[Dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
 def check_run_dir(run_dir: str, resume: bool, config, saved_step: Optional[int], saved_config: Optional[Dict]) -> bool:
     """Decides, before anything is read or changed, whether this run may start or continue. True: continue.
 
@@ -750,7 +736,7 @@ def inspect_run(run: learners.Run, resume: bool, preempt: Preemption = NEVER) ->
     any checkpoint is read: a refused change leaves the run directory exactly as it was."""
     config, spec, run_dir = run.config, run.spec, run.run_dir
     directory = os.path.join(run_dir, "checkpoints")
-    steps, saved_config = [], _read_json(os.path.join(run_dir, "config.json"))
+    steps, saved_config = [], files.read_json(os.path.join(run_dir, "config.json"))
     if os.path.isdir(directory):
         with Checkpointer(directory, keep=config.keep_checkpoints, read_only=True) as found:  # only look
             steps = found.steps()
@@ -911,8 +897,8 @@ def train_group(ctx_like: Context, group: List[Resumable], seeds: list, preempt:
         for k, r in enumerate(group):
             run = r.run
             os.makedirs(run.run_dir, exist_ok=True)
-            _write_json(os.path.join(run.run_dir, "config.json"), json.loads(run.config.to_json()))
-            _write_json(os.path.join(run.run_dir, "task.json"), json.loads(json.dumps(dataclasses.asdict(run.spec))))
+            files.write_json(os.path.join(run.run_dir, "config.json"), json.loads(run.config.to_json()))
+            files.write_json(os.path.join(run.run_dir, "task.json"), json.loads(json.dumps(dataclasses.asdict(run.spec))))
             meta = {"env_name": run.spec.env_name, "method": run.spec.method, "obs_dim": obs_dim,
                     "action_dim": action_dim, "config": json.loads(run.config.to_json()), "system": system,
                     "wall_s": wall}  # the same dict: saved checkpoints carry the time spent so far
@@ -1036,7 +1022,7 @@ def write_summary(run_dir: str, spec: TaskSpec, wall: Dict, system: Dict) -> Dic
         "files": {name: os.path.join(os.path.abspath(run_dir), name)
                   for name in ("train.csv", "eval.csv", "tensorboard", "checkpoints", "config.json", "task.json")},
     }
-    _write_json(os.path.join(run_dir, "summary.json"), summary)
+    files.write_json(os.path.join(run_dir, "summary.json"), summary)
     std = "" if summary["success_std_ddof1"] is None else f" ± {100 * summary['success_std_ddof1']:.1f}"
     mean = "n/a" if summary["success_mean"] is None else f"{100 * summary['success_mean']:.1f}{std}%"
     kl = ", ".join(f"{v:.3g}" for v in final["kl_hat"].values()) or "n/a"

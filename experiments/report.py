@@ -77,7 +77,7 @@ from typing import Optional, Sequence
 import numpy as np
 from absl import app, flags
 
-from experiments import published
+from experiments import files, published
 from experiments.configs.domains import EXTRA_DOMAINS, TASKS
 from experiments.configs.domains import SUITE_DOMAINS as DOMAINS  # conventions §10's order
 
@@ -1298,13 +1298,9 @@ def export_exp_data(runs: Sequence[Run], out_dir: str) -> list[str]:
                 finished=all(info[f"{d}|{key_method}"]["finished"] for d, _ in domain_entries))
     pkl = os.path.join(out_dir, EXP_DATA_FILE)
     meta = os.path.join(out_dir, EXP_DATA_FILE.replace(".pkl", ".json"))
-    with open(pkl + ".tmp", "wb") as f:
-        pickle.dump(arrays, f)
-    os.replace(pkl + ".tmp", pkl)
-    with open(meta + ".tmp", "w") as f:
-        json.dump({"layout": "dict (name, METHOD) -> success array (evaluations, seeds); rows at 'steps', "
-                             "columns for 'seeds'", "entries": info}, f, indent=1)
-    os.replace(meta + ".tmp", meta)
+    files.write_atomic(pkl, pickle.dumps(arrays))
+    files.write_json(meta, {"layout": "dict (name, METHOD) -> success array (evaluations, seeds); rows at 'steps', "
+                                      "columns for 'seeds'", "entries": info}, indent=1)
     return [pkl, meta]
 
 

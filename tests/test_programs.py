@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import checkpointing, learners, pipeline, spec
+from experiments import checkpointing, files, learners, pipeline, spec
 from experiments.preemption import Interrupted, Preemption
 from tests.test_launcher import ENV, read_csv, tiny_config
 from tests.test_lifecycle import SignalAt
@@ -84,7 +84,7 @@ def test_program_of_tasks_and_budgets_equals_separate_runs(dataset_dir, whole, t
     assert not np.allclose(lam[RUNS[0]], lam[RUNS[1]])
     # Each run dir reads as a single-task run: its config names its task and budget, its evals its seeds.
     for env_name, eps in RUNS:
-        config = pipeline._read_json(os.path.join(run_path(whole, env_name, eps), "config.json"))
+        config = files.read_json(os.path.join(run_path(whole, env_name, eps), "config.json"))
         assert (config["env_name"], config["agent"]["kl_budget"], config["tasks"]) == (env_name, eps, "")
         evals = read_csv(os.path.join(run_path(whole, env_name, eps), "eval.csv"))
         assert [(r["step"], r["seed"]) for r in evals[:2]] == [("0", "0"), ("0", "1")]
