@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
@@ -40,14 +41,9 @@ def abstract(tree):
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def flatten(d: Dict, prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
+def flatten(d: Dict) -> Dict[str, Any]:
+    """A JSON config as {'agent.num_critics': 2, ...}; tuples as lists, as JSON reads them back."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in traverse_util.flatten_dict(d, sep=".").items()}
 
 
 def config_differences(saved: Dict, current: Dict, ignore=()) -> List[str]:

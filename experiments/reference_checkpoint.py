@@ -146,6 +146,8 @@ def _natural_key(name):
 
 
 def _flatten(tree, prefix="") -> Dict[str, Any]:
+    """{'Dense_0/kernel': leaf}, each level in layer order (_natural_key) and any Mapping descended:
+    not flax.traverse_util.flatten_dict, which keeps insertion order and descends only (Frozen)dicts."""
     flat = {}
     for key in sorted(tree, key=_natural_key):
         value = tree[key]
