@@ -1,5 +1,7 @@
-"""The stages of one task: BC pretraining (cached per domain), offline and online fine-tuning,
-periodic evaluation and checkpoints. Seeds are vmapped, and sharded across local devices.
+"""The stages of a program (the learners of one or more tasks of a domain, see `experiments.learners`):
+BC pretraining (cached per domain), offline and online fine-tuning, periodic evaluation and checkpoints.
+The learners are vmapped, and sharded across local devices; each run (task, budget) keeps its own
+run directory.
 
 Lifecycle guarantees (docs/recovery.md):
 - the whole config is validated before anything is written;

@@ -44,7 +44,8 @@ from trqam_jax.types import Batch
 
 TRANSITION_FIELDS = ('observations', 'actions', 'rewards', 'masks', 'terminals', 'next_observations')
 
-# Action clipping of conventions §9 (the loaders apply it; exposed for the launcher's online transitions).
+# Action clipping of conventions §9: the loaders apply it to the offline data; the chunks apply it
+# again when assembled, so online transitions are clipped the same way.
 ACTION_CLIP = 1.0 - 1e-5
 
 
@@ -316,12 +317,6 @@ def sample_chunks(data: ChunkData, key, batch_size: int, horizon: int, discount:
     """
     start = jax.random.randint(key, (batch_size,), 0, data.size, dtype=jnp.int32)
     return gather_chunks(data, start, horizon, discount, task)
-
-
-def sample_online(buffer: OnlineBuffer, key, batch_size: int, horizon: int, discount: float) -> Batch:
-    """Start indices uniform over one seed's filled online rows only (needs size >= 1)."""
-    start = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1), dtype=jnp.int32)
-    return gather_online_chunks(buffer, start, horizon, discount)
 
 
 def replay_starts(data: ReplayData, key, batch_size: int):
