@@ -50,6 +50,7 @@ import pickle
 import re
 import signal
 import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -59,7 +60,7 @@ import numpy as np
 from absl import app
 
 from experiments import files
-from experiments.env_workers import die_with_parent, pid_alive
+from experiments.env_workers import children_skip_main, die_with_owner, pid_alive, process_start_time
 
 DEFAULT_DATASET_DIR = '~/.ogbench/data'
 DEFAULT_EPISODE_LENGTH = 1001  # Rows per episode in the official play datasets (1000 transitions).
@@ -376,101 +377,80 @@ def _worker_entry(task: _ChunkTask) -> tuple[_ChunkTask, int]:
     return _collect_chunk(task)
 
 
-def _worker_loop(task_queue, result_queue, parent_pid: int | None = None) -> None:
-    """Worker process: run chunk tasks until the None sentinel; report each result or the error."""
-    import traceback
+def _init_worker(owner_pid: int, owner_start: int | None, abort) -> None:
+    """`ProcessPoolExecutor` initializer: tie the worker's life to the owner's (kill -9 included, see
+    `env_workers.die_with_owner`), and end it when the owner sets `abort` (a shared flag, polled: a
+    lock or an `Event` could be left held by a worker killed mid-call, and block the owner)."""
     import warnings
 
-    if parent_pid is not None:
-        die_with_parent(parent_pid)
+    die_with_owner(owner_pid, owner_start)
     warnings.filterwarnings('ignore')
     # The parent decides when to stop; Ctrl-C in the terminal should not kill workers mid-write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        task = task_queue.get()
-        if task is None:
-            return
-        try:
-            result_queue.put(('ok', _worker_entry(task)))
-        except Exception as e:  # Sent to the parent, which re-raises it.
-            tb = traceback.format_exc()
-            try:
-                payload = pickle.dumps(e)
-            except Exception:
-                payload = None
-            result_queue.put(('error', (payload, repr(e), tb)))
-            return
+
+    def watch() -> None:
+        while not abort.value:
+            time.sleep(0.05)
+        os._exit(1)
+
+    threading.Thread(target=watch, name='abort-watchdog', daemon=True).start()
 
 
 class _WorkerError(RuntimeError):
-    """Carries the traceback text of an exception raised in a worker process."""
+    """A worker process died, or raised an exception that cannot be sent to the parent (its text)."""
+
+
+def _pool_task(task: _ChunkTask) -> tuple[_ChunkTask, int]:
+    """In a worker process: one chunk. The executor sends its exception to the parent, which re-raises
+    it; one that cannot make the trip goes as a `_WorkerError` with its text and traceback."""
+    try:
+        return _worker_entry(task)
+    except Exception as e:
+        import traceback
+
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:
+            raise _WorkerError(f'Worker failed with {e!r}:\n{traceback.format_exc()}') from None
+        raise
 
 
 class _WorkerPool:
-    """Plain worker processes fed from a queue; `close(abort=True)` stops them at once."""
+    """A `ProcessPoolExecutor` whose workers die with this process and never import the launcher's main
+    module; `close(abort=True)` stops them at once."""
 
     def __init__(self, num_workers: int, start_method: str):
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         ctx = multiprocessing.get_context(start_method)
-        self._tasks = ctx.Queue()
-        self._results = ctx.Queue()
-        self._procs = [
-            ctx.Process(target=_worker_loop, args=(self._tasks, self._results, os.getpid()), daemon=True)
-            for _ in range(num_workers)
-        ]
-        # Started from the launcher (its auto-generation), the workers would import its main module, and
-        # jax with it: they import this module instead. Run as the main module itself, this module's
-        # functions and tasks are pickled as `__main__.*`, so the workers need it (and it has no jax).
-        if __name__ == '__main__':
-            skip_main = contextlib.nullcontext()
-        else:
-            from experiments.env_workers import children_skip_main
-
-            skip_main = children_skip_main()
-        with skip_main:
-            for proc in self._procs:
-                proc.start()
+        self._abort = ctx.RawValue('b', 0)
+        owner = (os.getpid(), process_start_time(os.getpid()))
+        self._executor = ProcessPoolExecutor(
+            num_workers, mp_context=ctx, initializer=_init_worker, initargs=(*owner, self._abort))
 
     def run(self, tasks: Sequence[_ChunkTask]) -> Iterator[tuple[_ChunkTask, int]]:
         """Yield results in completion order; raise the first worker error."""
-        import queue
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
-        for task in tasks:
-            self._tasks.put(task)
-        for _ in self._procs:
-            self._tasks.put(None)
-        for _ in range(len(tasks)):
-            while True:
-                try:
-                    kind, value = self._results.get(timeout=1.0)
-                    break
-                except queue.Empty:
-                    dead = [p for p in self._procs if p.exitcode not in (None, 0)]
-                    if dead:
-                        raise _WorkerError(f'A worker process died (exit code {dead[0].exitcode}).') from None
-            if kind == 'error':
-                payload, text, tb = value
-                cause = _WorkerError(f'Worker failed with {text}:\n{tb}')
-                error = pickle.loads(payload) if payload is not None else cause
-                raise error from cause
-            yield value
+        # The executor starts its workers in `submit`. Started from the launcher (its auto-generation),
+        # they would import its main module, and jax with it: they import this module instead. Run as
+        # the main module itself, this module's functions and tasks are pickled as `__main__.*`, so the
+        # workers need it (and it has no jax).
+        with contextlib.nullcontext() if __name__ == '__main__' else children_skip_main():
+            futures = [self._executor.submit(_pool_task, task) for task in tasks]
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool as e:
+                raise _WorkerError(f'A worker process died ({e})') from e
+            yield result
 
     def close(self, abort: bool) -> None:
         if abort:
-            for proc in self._procs:
-                if proc.is_alive():
-                    proc.terminate()
-            # Unsent or unread queue items must not block interpreter exit.
-            self._tasks.cancel_join_thread()
-            self._results.cancel_join_thread()
-        for proc in self._procs:
-            proc.join(timeout=None if not abort else 10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        self._tasks.close()
-        self._results.close()
+            self._abort.value = 1  # the workers end at once; the executor sees them die and joins them
+        self._executor.shutdown(wait=True, cancel_futures=abort)
 
 
 # ----------------------------------------------------------------------------------------------
