@@ -798,13 +798,15 @@ def group_runs(config, todo: List[Resumable], learners_of_run: int, estimate=Non
 def free_memory_bytes():
     """Free memory of the device the learners live on: the accelerator's, or the host's available RAM
     when JAX runs on the CPU (None where neither is known)."""
+    from experiments.env_workers import mem_available_mb
+
     free = data.device_memory_bytes()
     if free is None and jax.default_backend() == "cpu":
+        available = mem_available_mb()  # the host's reader, shared with the env workers' sizing
+        if available is not None:
+            return int(round(available * 1024)) * 1024
         try:
-            with open("/proc/meminfo") as f:
-                available = [line.split()[1] for line in f if line.startswith("MemAvailable:")]
-            free = int(available[0]) * 1024 if available else \
-                os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             return None
     return free
