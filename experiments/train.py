@@ -14,10 +14,11 @@ with 143 or 130; the same command with --resume continues (and exits at once if 
 import errno
 import os
 import re
+import signal
 import sys
 import warnings
 
-from experiments.preemption import Interrupted, Preemption
+from experiments.preemption import SIGNALS, Interrupted, Preemption
 
 # From the first line on, SIGTERM / SIGINT are held until a safe point of `main` (the imports below take
 # seconds): a signal at any moment of start-up then ends in one line and exit 143 / 130.
@@ -121,6 +122,7 @@ def main(argv):
             raise
         raise SystemExit(line) from None
     except Interrupted as e:
+        _stop_at_once_on_signal(e.exit_code)  # from here on, the interpreter's teardown (jax's atexit) included
         print(e.message(), file=sys.stderr, flush=True)
         sys.stdout.flush()
         if e.again:  # raised wherever the second signal found the program: skip the interpreter's teardown
@@ -140,6 +142,13 @@ def write_error(error: OSError, output_dir: str):
         return None
     return (f"Error: cannot write {path} ({error.strerror}). Make --output_dir writable (space, permissions), or "
             f"choose another; --resume then continues each run from its last checkpoint.")
+
+
+def _stop_at_once_on_signal(code: int) -> None:
+    """The stop is decided and its line printed once: a signal after this (a second Ctrl-C, a scheduler's
+    repeat SIGTERM) ends the process with the same code at once, without a second line or a traceback."""
+    for sig in SIGNALS:
+        signal.signal(sig, lambda *_: _exit_now(code))
 
 
 def _exit_now(code: int) -> None:
