@@ -1,0 +1,3 @@
+from experiments.evaluation.episodes import main
+
+main()
