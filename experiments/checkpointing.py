@@ -135,6 +135,10 @@ class Checkpointer:
     def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.keep, self.read_only = keep, read_only
+        # step -> reason ('<error type>: <message>') of each step that `restore` found damaged, in the
+        # order found (moved aside unless read-only): the one-line reports as data, for callers that
+        # report the fallback themselves.
+        self.damaged: Dict[int, str] = {}
         if not read_only:
             self._move_aside_leftovers()
         self.manager = self._open()
@@ -268,6 +272,7 @@ class Checkpointer:
 
     def _damaged(self, step: int, error: Exception) -> None:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
+        self.damaged[step] = reason
         if self.read_only:
             _say(f"Checkpoint {step} in {self.directory} is damaged ({reason}); trying the previous one.")
             return

@@ -15,7 +15,6 @@ import contextlib
 import io
 import json
 import os
-import re
 from typing import Callable, List, NamedTuple, Optional
 
 import numpy as np
@@ -143,7 +142,7 @@ def _restore(run_dir, ckpt_dir, task_path, task, run_config, step, report) -> Po
         skipped = []
         for candidate in candidates:
             # The checkpointer says a line per damaged step on stderr; this function reports the
-            # fallback itself, once, so its messages are held back here (their reason is kept).
+            # fallback itself, once, so those lines are dropped (the reason is in checkpointer.damaged).
             held = io.StringIO()
             try:
                 with contextlib.redirect_stderr(held):
@@ -159,8 +158,7 @@ def _restore(run_dir, ckpt_dir, task_path, task, run_config, step, report) -> Po
                     raise RuntimeError("unreadable")
                 found_step, params, _, _ = restored
             except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged step
-                said = re.search(r"is damaged \((.*)\); trying", held.getvalue())
-                skipped.append((candidate, said.group(1) if said else _short(e)))
+                skipped.append((candidate, checkpointer.damaged.get(candidate) or _short(e)))
                 continue
             if skipped and report is not None:
                 names = ", ".join(str(s) for s, _ in skipped)
@@ -199,12 +197,6 @@ def make_chunk_policy(cfg, nets, horizon: int, action_dim: int):
     return act
 
 
-def episodes_per_round(episodes: int, envs_per_seed: int) -> int:
-    """The largest divisor of `episodes` that is at most `envs_per_seed` (the envs built per seed)."""
-    envs_per_seed = max(1, min(int(envs_per_seed), int(episodes)))
-    return max(d for d in range(1, envs_per_seed + 1) if episodes % d == 0)
-
-
 def default_envs_per_seed(run_value: Optional[int], num_seeds: int, available_mb: Optional[float]) -> int:
     """The run's `eval_envs_per_seed` (else DEFAULT_ENVS_PER_SEED), lowered so that num_seeds x it fit
     in half of `available_mb` (MemAvailable; None: not lowered), at least 1."""
@@ -238,6 +230,7 @@ def main(argv):
 
     from experiments.env_workers import in_process_envs_mb, mem_available_mb
     from experiments.evaluation import evaluate
+    from experiments.evaluation.episodes import episodes_per_round
 
     envs_per_seed, lowered = FLAGS.envs_per_seed, ""
     if envs_per_seed is None:

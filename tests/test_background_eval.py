@@ -3,6 +3,7 @@ their owner process, on cube-single task1 with short episodes (env creation cost
 """
 
 import functools
+import itertools
 import os
 import signal
 import subprocess
@@ -14,8 +15,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from gymnasium.vector import AsyncVectorEnv
 
-from experiments import evaluation as ev
+from experiments.evaluation import background, episodes, vector
 
 ENV = 'cube-single-play-singletask-task1-v0'
 pytestmark = pytest.mark.filterwarnings('ignore:.*precision lowered by casting to float32')
@@ -52,13 +54,17 @@ def params(tag, w):
 
 
 def test_episodes_per_round_fits_workers():
-    assert ev.background_episodes_per_round(4, 50, 15) == 2  # 4 * 2 <= 15 < 4 * 5
-    assert ev.background_episodes_per_round(1, 10, 4) == 2
-    assert ev.background_episodes_per_round(2, 10, 3) == 1
-    assert ev.background_episodes_per_round(8, 50, 3) == 1  # more seeds than workers: one env each
-    assert ev.background_episodes_per_round(2, 2, 100) == 2
+    assert background.background_episodes_per_round(4, 50, 15) == 2  # 4 * 2 <= 15 < 4 * 5
+    assert background.background_episodes_per_round(1, 10, 4) == 2
+    assert background.background_episodes_per_round(2, 10, 3) == 1
+    assert background.background_episodes_per_round(8, 50, 3) == 1  # more seeds than workers: one env each
+    assert background.background_episodes_per_round(2, 2, 100) == 2
+    # The largest divisor of E with S * E_r <= workers, for every small case.
+    for s, e, w in itertools.product(range(1, 5), range(1, 13), range(30)):
+        fits = [d for d in range(1, e + 1) if e % d == 0 and s * d <= w]
+        assert background.background_episodes_per_round(s, e, w) == max(fits, default=1), (s, e, w)
     # Every core but one, within half of the free memory (tests/test_env_workers.py checks the sizing).
-    assert ev.default_num_workers(cpus=ev.available_cpus(), available_mb=1e9) == max(1, ev.available_cpus() - 1)
+    assert vector.default_num_workers(cpus=vector.available_cpus(), available_mb=1e9) == max(1, vector.available_cpus() - 1)
 
 
 def test_background_matches_blocking_sync():
@@ -70,11 +76,11 @@ def test_background_matches_blocking_sync():
         (30, params(3, 2.0), 3, None),  # key None: PRNGKey(seed)
     ]
     bg_log, sync_log = [], []
-    with ev.BackgroundEvaluator(
+    with background.BackgroundEvaluator(
         ENV, S, E, act_fn=make_policy(bg_log), horizon=H, max_episode_steps=T, num_workers=2
     ) as bg:
         assert bg.episodes_per_round == 1 and bg.evaluator.envs.num_envs == 2  # S * E_r <= 2 workers
-        assert isinstance(bg.evaluator.envs, ev.AsyncVectorEnv)
+        assert isinstance(bg.evaluator.envs, AsyncVectorEnv)
         for step, p, seed, key in jobs:
             bg.submit(step, p, seed, key)
         assert bg.pending() == [10, 20, 30]
@@ -95,7 +101,7 @@ def test_background_matches_blocking_sync():
     jobs.append((40, params(4, 1.0), 5, jax.random.PRNGKey(7)))
     got += rest
 
-    with ev.Evaluator(ENV, S, E, max_episode_steps=T, episodes_per_round=1, vectorization='sync') as ref:
+    with episodes.Evaluator(ENV, S, E, max_episode_steps=T, episodes_per_round=1, vectorization='sync') as ref:
         act_fn = make_policy(sync_log)
         for (step, p, seed, key), (got_step, result) in zip(jobs, got):
             want = ref.run(functools.partial(act_fn, p), seed=seed, horizon=H, key=key)
@@ -116,7 +122,7 @@ def test_background_matches_blocking_sync():
 
 def test_background_error_reraised():
     log = []
-    bg = ev.BackgroundEvaluator(
+    bg = background.BackgroundEvaluator(
         ENV, 1, 1, act_fn=make_policy(log), horizon=H, max_episode_steps=10, vectorization='sync'
     )
     try:
@@ -134,7 +140,7 @@ def test_background_error_reraised():
 
 def test_close_with_work_in_flight_does_not_hang():
     started = threading.Event()
-    bg = ev.BackgroundEvaluator(
+    bg = background.BackgroundEvaluator(
         ENV, 1, 2, act_fn=make_policy([], started, sleep_s=0.05), horizon=1, max_episode_steps=25,
         num_workers=2,
     )

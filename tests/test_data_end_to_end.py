@@ -6,7 +6,8 @@ import functools
 import jax
 import numpy as np
 
-from experiments import data, evaluation, make_dataset
+from experiments import data, make_dataset
+from experiments.evaluation.episodes import evaluate, random_act_fn
 from trqam_jax import chunks
 
 ENV = "cube-double-play-singletask-task2-v0"
@@ -30,6 +31,6 @@ def test_generate_load_sample_evaluate_cube_double(tmp_path):
     start = np.flatnonzero(np.all(train["observations"] == np.asarray(batch.observations[first]), axis=1))[0]
     np.testing.assert_array_equal(np.asarray(batch.actions[first]), train["actions"][start:start + 5])
 
-    result = evaluation.evaluate(evaluation.random_act_fn(2, 2, 5, 5), ENV, num_seeds=2, num_episodes=2,
-                                 seed=0, horizon=5, max_episode_steps=20)
+    result = evaluate(random_act_fn(2, 2, 5, 5), ENV, num_seeds=2, num_episodes=2, seed=0, horizon=5,
+                      max_episode_steps=20)
     assert result.success_rate.shape == (2,) and np.all(result.episode_length == 20)

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from experiments import env_workers as ew
-from experiments import evaluation as ev
+from experiments.evaluation import vector as ev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = 'cube-single-play-singletask-task1-v0'

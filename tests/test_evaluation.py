@@ -1,4 +1,4 @@
-"""Tests for experiments/evaluation.py on cube-single task1 (move one cube 20 cm sideways).
+"""Tests for experiments/evaluation/ (episodes, online, vector, the benchmark CLI) on cube-single task1 (move one cube 20 cm sideways).
 
 The scripted OGBench Markov oracle solves task1 in about 40 env steps (closed loop, H = 1), so
 episodes are cut to 60 steps to keep the tests fast. Env creation costs about 1 s per env.
@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import evaluation as ev
+from experiments.evaluation import __main__ as benchmark
+from experiments.evaluation import episodes, online, vector
 
 ENV = 'cube-single-play-singletask-task1-v0'
 # OGBench builds its float32 action Box from float64 bounds at every reset; gymnasium warns each time.
@@ -23,7 +24,7 @@ S, E = 2, 2
 
 @pytest.fixture(scope='module')
 def evaluator():
-    with ev.Evaluator(ENV, S, E, max_episode_steps=T) as evaluator:
+    with episodes.Evaluator(ENV, S, E, max_episode_steps=T) as evaluator:
         yield evaluator
 
 
@@ -73,11 +74,11 @@ def oracle_act_fn(vector_env, oracle_seeds, noise=0.0, horizon=1):
 
 
 def test_episode_steps_match_spec():
-    assert ev.episode_steps('cube-single-play-singletask-task1-v0') == 200
-    assert ev.episode_steps('cube-double-play-singletask-task2-v0') == 500
-    assert ev.episode_steps('scene-play-singletask-task1-v0') == 750
-    assert ev.episode_steps('puzzle-4x4-play-singletask-task3-v0') == 500
-    assert ev.episode_steps('humanoidmaze-medium-navigate-singletask-task1-v0') == 2000
+    assert vector.episode_steps('cube-single-play-singletask-task1-v0') == 200
+    assert vector.episode_steps('cube-double-play-singletask-task2-v0') == 500
+    assert vector.episode_steps('scene-play-singletask-task1-v0') == 750
+    assert vector.episode_steps('puzzle-4x4-play-singletask-task3-v0') == 500
+    assert vector.episode_steps('humanoidmaze-medium-navigate-singletask-task1-v0') == 2000
 
 
 def test_oracle_succeeds_random_fails_per_seed(evaluator):
@@ -97,8 +98,8 @@ def test_oracle_succeeds_random_fails_per_seed(evaluator):
 
 
 def test_random_policy_full_length():
-    act_fn = ev.random_act_fn(1, 3, 5, 5)
-    result = ev.evaluate(act_fn, ENV, num_seeds=1, num_episodes=3, seed=0, horizon=5)
+    act_fn = episodes.random_act_fn(1, 3, 5, 5)
+    result = episodes.evaluate(act_fn, ENV, num_seeds=1, num_episodes=3, seed=0, horizon=5)
     assert result.success_rate.shape == (1,)
     assert result.success_rate[0] == 0.0
     np.testing.assert_array_equal(result.episode_length, 200)  # the env's own time limit
@@ -114,21 +115,21 @@ def test_reproducible(evaluator):
     np.testing.assert_array_equal(a.episode_success, b.episode_success)
     assert not np.array_equal(a.episode_length, c.episode_length)
     # Reset seeds depend on (seed, s, e) only.
-    assert ev.reset_seeds(3, 2, 2) == [ev.reset_seeds(3, 3, 3)[i] for i in (0, 1, 3, 4)]
-    assert len(set(ev.reset_seeds(3, 4, 10))) == 40
+    assert episodes.reset_seeds(3, 2, 2) == [episodes.reset_seeds(3, 3, 3)[i] for i in (0, 1, 3, 4)]
+    assert len(set(episodes.reset_seeds(3, 4, 10))) == 40
 
 
 def test_rounds_match_all_at_once(evaluator):
     # Reset seeds depend on (seed, s, e) only, so a key-independent policy scores the same whether the
     # E episodes run at once or in rounds.
     a = evaluator.run(oracle_act_fn(evaluator.envs, [0, 1]), seed=7, horizon=1, with_infos=True)
-    with ev.Evaluator(ENV, S, E, max_episode_steps=T, episodes_per_round=1) as rounds:
+    with episodes.Evaluator(ENV, S, E, max_episode_steps=T, episodes_per_round=1) as rounds:
         assert rounds.envs.num_envs == S
         b = rounds.run(oracle_act_fn(rounds.envs, [0, 1]), seed=7, horizon=1, with_infos=True)
     np.testing.assert_array_equal(a.episode_length, b.episode_length)
     np.testing.assert_array_equal(a.episode_success, b.episode_success)
     with pytest.raises(ValueError):
-        ev.Evaluator(ENV, S, 3, episodes_per_round=2)
+        episodes.Evaluator(ENV, S, 3, episodes_per_round=2)
 
 
 def test_chunks_open_loop(evaluator):
@@ -149,7 +150,7 @@ def test_chunks_open_loop(evaluator):
 
 def test_online_envs_transitions():
     num_seeds = 2
-    with ev.OnlineEnvs(ENV, num_seeds, seed=0, max_episode_steps=T) as envs:
+    with online.OnlineEnvs(ENV, num_seeds, seed=0, max_episode_steps=T) as envs:
         oracle = make_oracle(envs.envs)
         chunks = np.zeros((num_seeds, 3, 5), np.float32)
         chunk_step = np.zeros(num_seeds, int)
@@ -201,14 +202,18 @@ def test_online_envs_transitions():
                 np.testing.assert_array_equal(obs[s, t + 1], next_obs[s, t])
 
 
-def test_transition_fields_match_replay_block():
-    # The launcher builds `trqam_jax.chunks.Transitions` from our Transition positionally.
+def test_online_envs_return_replay_blocks():
+    # The launcher concatenates the seeds' transitions field by field into `trqam_jax.chunks.Transitions`.
     chunks = pytest.importorskip('trqam_jax.chunks')
-    assert ev.Transition._fields == chunks.Transitions._fields
+    with online.OnlineEnvs(ENV, 2, seed=0, max_episode_steps=5) as envs:
+        tr, _ = envs.step(np.zeros((2, 5)))
+    assert type(tr) is chunks.Transitions
+    assert all(isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape[0] == 2 for x in tr)
+    assert tr.observations.shape == tr.next_observations.shape and tr.actions.shape == (2, 5)
 
 
 def test_online_envs_sparse_and_plain_actions():
-    with ev.OnlineEnvs(ENV, 1, seed=1, sparse=True, max_episode_steps=5) as envs:
+    with online.OnlineEnvs(ENV, 1, seed=1, sparse=True, max_episode_steps=5) as envs:
         dones, lengths = [], []
         for _ in range(6):
             tr, info = envs.step(np.zeros((1, 5)))
@@ -225,7 +230,7 @@ def test_online_envs_sparse_and_plain_actions():
 def test_async_matches_sync(evaluator):
     # Same seed -> same episodes whether the envs run in-process or in worker processes.
     a = evaluator.run(oracle_act_fn(evaluator.envs, [0, 1], noise=0.3), seed=5, horizon=1, with_infos=True)
-    with ev.Evaluator(ENV, S, E, max_episode_steps=T, vectorization='async') as async_evaluator:
+    with episodes.Evaluator(ENV, S, E, max_episode_steps=T, vectorization='async') as async_evaluator:
         act_fn = oracle_act_fn(async_evaluator.envs, [0, 1], noise=0.3)
         b = async_evaluator.run(act_fn, seed=5, horizon=1, with_infos=True)
     np.testing.assert_array_equal(a.episode_return, b.episode_return)
@@ -237,7 +242,7 @@ def test_online_envs_async_matches_sync():
     # One env per seed in one async pool: the same transitions as in-process envs, resets included.
     out = {}
     for vectorization in ('sync', 'async'):
-        with ev.OnlineEnvs(ENV, 2, seed=3, max_episode_steps=7, vectorization=vectorization) as envs:
+        with online.OnlineEnvs(ENV, 2, seed=3, max_episode_steps=7, vectorization=vectorization) as envs:
             rng = np.random.default_rng(0)
             steps = []
             for _ in range(16):
@@ -252,9 +257,14 @@ def test_online_envs_async_matches_sync():
             np.testing.assert_array_equal(info_a[k], info_b[k])
 
 
+def test_episodes_per_round_divides_the_episodes():
+    assert [episodes.episodes_per_round(50, k) for k in (1, 5, 7, 10, 50, 80)] == [1, 5, 5, 10, 50, 50]
+    assert episodes.episodes_per_round(7, 5) == 1  # 7 is prime: one env per seed, 7 rounds
+
+
 def test_benchmark_workers_flag():
-    assert ev._parse_workers('1,2,4') == [1, 2, 4]
-    auto = ev._parse_workers('auto')
-    assert auto[0] == 1 and auto[-1] == ev.available_cpus() and auto == sorted(set(auto))
+    assert benchmark._parse_workers('1,2,4') == [1, 2, 4]
+    auto = benchmark._parse_workers('auto')
+    assert auto[0] == 1 and auto[-1] == vector.available_cpus() and auto == sorted(set(auto))
     with pytest.raises(ValueError):
-        ev._parse_workers('0,2')
+        benchmark._parse_workers('0,2')
