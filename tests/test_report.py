@@ -1,4 +1,4 @@
-"""experiments/report.py on synthetic run directories, against scores derived by hand below."""
+"""experiments/report/ on synthetic run directories, against scores derived by hand below."""
 
 import csv
 import functools
@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import published, report
+from experiments import report
+from experiments.report import exp_data, plots, published, runs, stats, tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CD = "cube-double-play"
@@ -180,7 +181,7 @@ def test_seeds_not_common(tmp_path):
     write_run(d, env(AL, 2), "trqam", {0: 1.0, 1: 0.8, 2: 0.1}, train=False)
     write_run(d, env(CD, 1), "bc", {0: 0.5}, train=False)
     write_run(d, env(CD, 2), "bc", {1: 0.5}, train=False)
-    rows = {(r.level, r.name, r.method): r for r in report.aggregate(report.load_runs(d), "offline")}
+    rows = {(r.level, r.name, r.method): r for r in stats.aggregate(runs.load_runs(d), "offline")}
     # antmaze-large over seeds 0-2: .8 .8 .05 -> mean .55, std sqrt((.0625*2+.25)/2) = .4330127.
     r = rows[("domain", AL, "trqam")]
     assert (r.mean, r.num_seeds, r.notes) == (pytest.approx(55.0), 3, ())
@@ -193,7 +194,7 @@ def test_seeds_not_common(tmp_path):
     r = rows[("domain", CD, "bc")]
     assert r.num_seeds == 0 and np.isnan(r.mean) and "no seed common to its tasks" in r.notes[0]
     assert ("overall", "overall", "bc") not in rows
-    md = report.to_markdown(list(rows.values()))
+    md = tables.to_markdown(list(rows.values()))
     assert f"| {CD} | 30.0 ± 14.1 (1/5 tasks) | 81 ± 3 | – (2/5 tasks) [1] |" in md
     assert "| bc (ours) |" not in md  # no score to put in the paper's layout
 
@@ -201,10 +202,10 @@ def test_seeds_not_common(tmp_path):
 def test_plots(runs_dir, tmp_path):
     # qam on tasks 1-2 (no online rows), trqam on task 3 (with online rows): each method lacks a
     # task in the domain figure.
-    runs = [r for r in report.load_runs(runs_dir)
-            if r.domain == CD and (r.method == "qam" or r.task == 3)]
-    assert [report.online_boundary(r) for r in runs] == [None, None, 1000]
-    paths = report.write_plots(runs, str(tmp_path / "curves"))
+    loaded = [r for r in runs.load_runs(runs_dir)
+                if r.domain == CD and (r.method == "qam" or r.task == 3)]
+    assert [plots.online_boundary(r) for r in loaded] == [None, None, 1000]
+    paths = plots.write_plots(loaded, str(tmp_path / "curves"))
     expected = {f"{env(CD, 3)}__trqam.png", f"{env(CD, 1)}__qam.png", f"{env(CD, 2)}__qam.png",
                 f"{CD}.png"}
     assert {os.path.basename(p) for p in paths} == expected
@@ -220,28 +221,28 @@ def test_curve_helpers():
              "phase": np.array(phases, dtype=object),
              "seed": np.array([0, 0, 0, 0, 1, 1]),
              "x": np.array([1.0, 3.0, 2.0, 5.0, 3.0, float("nan")])}
-    curves = report.seed_curves(table, "x")
+    curves = runs.seed_curves(table, "x")
     # seed 0: at step 100 the online row wins over the offline one; seed 1: the NaN is dropped.
     assert {s: (list(a), list(b)) for s, (a, b) in curves.items()} == {
         0: ([0, 100, 200], [1.0, 3.0, 5.0]), 1: ([0], [3.0])}
-    steps, mean, std = report.band(curves)
+    steps, mean, std = plots.band(curves)
     assert list(steps) == [0] and mean[0] == 2.0 and std[0] == pytest.approx(np.sqrt(2))  # 1, 3: ddof=1
-    assert report.seed_curves(table, "absent") == {}
+    assert runs.seed_curves(table, "absent") == {}
 
 
 def test_parse_env_name():
-    assert report.parse_env_name("cube-double-play-singletask-task2-v0") == ("cube-double-play", 2)
-    assert report.parse_env_name("puzzle-3x3-play-singletask-task5-v0") == ("puzzle-3x3-play", 5)
+    assert runs.parse_env_name("cube-double-play-singletask-task2-v0") == ("cube-double-play", 2)
+    assert runs.parse_env_name("puzzle-3x3-play-singletask-task5-v0") == ("puzzle-3x3-play", 5)
     with pytest.raises(ValueError):
-        report.parse_env_name("cube-double-play-v0")
+        runs.parse_env_name("cube-double-play-v0")
 
 
 def test_no_runs(tmp_path):
     (tmp_path / "runs" / "report" / "curves").mkdir(parents=True)  # not a run directory
     with pytest.raises(report.ReportError, match="no run directories"):
-        report.load_runs(str(tmp_path / "runs"))
+        runs.load_runs(str(tmp_path / "runs"))
     with pytest.raises(report.ReportError, match="not a directory"):
-        report.load_runs(str(tmp_path / "absent"))
+        runs.load_runs(str(tmp_path / "absent"))
 
 
 @pytest.mark.parametrize("eval_csv, message", [
@@ -259,7 +260,7 @@ def test_malformed_eval(tmp_path, eval_csv, message):
     run_dir.mkdir(parents=True)
     (run_dir / "eval.csv").write_text(eval_csv)
     with pytest.raises(report.ReportError, match=message) as info:
-        report.load_runs(str(tmp_path / "runs"))
+        runs.load_runs(str(tmp_path / "runs"))
     assert str(run_dir / "eval.csv") in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -271,11 +272,11 @@ def test_malformed_train_and_names(tmp_path):
         f.write("9,offline,0,1.0,oops,0.1\n")
     with pytest.raises(report.ReportError,
                        match="train.csv line 7: lambda_eff 'oops' is not a number"):
-        report.load_runs(d)
+        runs.load_runs(d)
     d2 = str(tmp_path / "runs2")
     write_run(d2, "cube-double-play-v0", "trqam", {0: 0.5})
     with pytest.raises(report.ReportError, match="not an OGBench single-task id"):
-        report.load_runs(d2)
+        runs.load_runs(d2)
 
 
 def _cli(*args):
@@ -347,7 +348,7 @@ def test_bc_runs_count_progress_in_bc_steps(tmp_path):
               config={"method": "bc", "offline_steps": 2000, "online_steps": 0, "bc_steps": 300})
     write_run(d, env(CD, 2), "bc", {0: 0.5, 1: 0.5}, offline_step=100,
               config={"method": "bc", "offline_steps": 2000, "online_steps": 0, "bc_steps": 300})
-    rows = {r.name: r for r in report.aggregate(report.load_runs(d), "offline") if r.level == "task"}
+    rows = {r.name: r for r in stats.aggregate(runs.load_runs(d), "offline") if r.level == "task"}
     assert rows[env(CD, 1)].progress == "" and rows[env(CD, 2)].progress == "offline 100/300"
 
 
@@ -366,13 +367,13 @@ def test_runs_dir_one_level_too_high_or_too_low(tmp_path, capsys):
     # Two candidate directories: say where they are.
     write_run(str(top / "more"), env(CD, 1), "qam", {0: 0.5})
     with pytest.raises(report.ReportError) as e:
-        report.load_runs(str(top))
+        runs.load_runs(str(top))
     assert f"{top / 'more'}, {d}; pass one of them as --runs_dir" in str(e.value)
     # A run directory or a task directory: name the directory to pass.
     with pytest.raises(report.ReportError, match=f"--runs_dir={d}$"):
-        report.load_runs(os.path.join(d, env(CD, 1), "trqam"))
+        runs.load_runs(os.path.join(d, env(CD, 1), "trqam"))
     with pytest.raises(report.ReportError, match=f"--runs_dir={d}$"):
-        report.load_runs(os.path.join(d, env(CD, 1)))
+        runs.load_runs(os.path.join(d, env(CD, 1)))
     # Through the CLI: one line, and where the runs are.
     proc = _cli(f"--runs_dir={os.path.join(d, env(CD, 1))}")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -448,9 +449,9 @@ def test_run_plot_panels_budget_bc_start_and_boundary(tmp_path):
     rows = [rows[0] + ",q_mean,bc_loss"] + [r + ",-3.0,0.2" for r in rows[1:]]
     with open(os.path.join(path, "train.csv"), "w") as f:
         f.write("\n".join(rows) + "\n")
-    run = report.load_run(path)
-    assert report.kl_budgets(run) == {"offline": 0.5, "online": 0.25}
-    fig = report.plot_run(run, str(tmp_path / "run.png"))
+    run = runs.load_run(path)
+    assert plots.kl_budgets(run) == {"offline": 0.5, "online": 0.25}
+    fig = plots.plot_run(run, str(tmp_path / "run.png"))
     labels = _labels(fig)
     titles = [t for t in labels if t]
     assert titles == ["success (2 seeds)", "lambda_eff (2 seeds)", "kl_hat (2 seeds)", "critic_loss (2 seeds)",
@@ -464,35 +465,41 @@ def test_run_plot_panels_budget_bc_start_and_boundary(tmp_path):
     assert mean_line.get_xdata()[0] == 0 and mean_line.get_ydata()[0] == 0.0  # BC scored 0 at step 0
     assert "env steps (online)" in success_ax.get_xlabel()
     # QAM has no budget line (its lambda is fixed).
-    qam = report.load_run(write_run(d, env(CD, 1), "qam", {0: 0.5}, task_spec=spec))
-    assert report.kl_budgets(qam) == {}
-    assert not [l for l in _labels(report.plot_run(qam, str(tmp_path / "q.png")))["kl_hat (1 seeds)"]
+    qam = runs.load_run(write_run(d, env(CD, 1), "qam", {0: 0.5}, task_spec=spec))
+    assert plots.kl_budgets(qam) == {}
+    assert not [l for l in _labels(plots.plot_run(qam, str(tmp_path / "q.png")))["kl_hat (1 seeds)"]
                 if "budget" in l]
 
 
 def test_domain_mean_panel_only_with_several_tasks(runs_dir, tmp_path):
-    runs = report.load_runs(runs_dir)
-    one = [r for r in runs if r.domain == CD and r.task == 3]
-    titles = [t for t in _labels(report.plot_domain(one, str(tmp_path / "one.png"))) if t]
+    loaded = runs.load_runs(runs_dir)
+    one = [r for r in loaded if r.domain == CD and r.task == 3]
+    titles = [t for t in _labels(plots.plot_domain(one, str(tmp_path / "one.png"))) if t]
     assert titles == ["task3"]
-    several = [r for r in runs if r.domain == CD]
-    titles = [t for t in _labels(report.plot_domain(several, str(tmp_path / "all.png"))) if t]
+    several = [r for r in loaded if r.domain == CD]
+    titles = [t for t in _labels(plots.plot_domain(several, str(tmp_path / "all.png"))) if t]
     assert titles == ["task1", "task2", "task3", "domain mean"]
 
 
-def test_bc_phase_rows_start_the_curve_but_are_not_scored(tmp_path):
+def test_bc_policy_rows_start_the_curve_but_are_not_scored(tmp_path):
+    """The runner logs the BC policy's evaluation before fine-tuning as the offline row at step 0: it
+    starts the curve, and the score is the last offline row. No phase 'bc' is ever written: it is refused."""
     d = str(tmp_path / "runs")
     path = write_run(d, env(CD, 1), "trqam", {0: 0.5, 1: 0.7}, train=False)
     with open(os.path.join(path, "eval.csv")) as f:
-        text = f.read().replace("0,offline,0,0.0,-100.0", "0,bc,0,0.3,-100.0").replace(
-            "0,offline,1,0.0,-100.0", "0,bc,1,0.1,-100.0")
+        text = f.read().replace("0,offline,0,0.0,-100.0", "0,offline,0,0.3,-100.0").replace(
+            "0,offline,1,0.0,-100.0", "0,offline,1,0.1,-100.0")
     with open(os.path.join(path, "eval.csv"), "w") as f:
         f.write(text)
-    run = report.load_run(path)
-    rows = {r.level: r for r in report.aggregate([run], "offline")}
+    run = runs.load_run(path)
+    rows = {r.level: r for r in stats.aggregate([run], "offline")}
     assert rows["task"].mean == pytest.approx(60.0)
-    curves = report.seed_curves(run.eval, "success")
+    curves = runs.seed_curves(run.eval, "success")
     assert curves[0][0][0] == 0 and curves[0][1][0] == pytest.approx(0.3)
+    with open(os.path.join(path, "eval.csv"), "w") as f:
+        f.write(text.replace("0,offline,1,0.1,-100.0", "0,bc,1,0.1,-100.0"))
+    with pytest.raises(report.ReportError, match=r"eval.csv line \d+: phase 'bc' is not one of offline, online$"):
+        runs.load_run(path)
 
 
 # ------------------------------------------------------------------------- the TRQAM paper's table
@@ -502,7 +509,7 @@ def test_paper_table_overall_is_the_mean_of_the_rounded_domain_means():
     assert published.PAPER_OVERALL == {"FQL": 28, "CGQL-L": 23, "DSRL": 46, "IFQL": 35, "QAM": 35, "QAM-E": 45,
                                        "TRQAM": 68, "SQAM": 75}
     for method, row in published.PAPER_TABLE.items():
-        assert list(row) == list(report.DOMAINS)
+        assert list(row) == list(runs.DOMAINS)
         # Rounded half up: IFQL's domains average 34.5, reported 35.
         assert np.floor(np.mean([mean for mean, _ in row.values()]) + 0.5) == published.PAPER_OVERALL[method], method
     assert published.PAPER_TABLE["TRQAM"]["cube-triple-play"] == (50, 5)
@@ -562,13 +569,13 @@ def test_iqm_by_hand_with_a_reproducible_ci(tmp_path):
     assert res[("task", env(CD, 1), "trqam", "offline")]["iqm"] == ""  # aggregates only
     assert f"| {CD} | 40.0 [{low:.1f}, {high:.1f}] (4×2) |" in md
     # The same seed gives the same interval; the rliable call itself, by hand.
-    rows = report.aggregate(report.load_runs(d), "offline")
-    first = report.iqm_intervals(rows, reps=60, seed=0)
-    assert first == report.iqm_intervals(rows, reps=60, seed=0)
+    rows = stats.aggregate(runs.load_runs(d), "offline")
+    first = stats.iqm_intervals(rows, reps=60, seed=0)
+    assert first == stats.iqm_intervals(rows, reps=60, seed=0)
     iv = first[("domain", CD, "trqam", "offline")]
     assert (iv.estimate, iv.num_tasks, iv.num_seeds) == (pytest.approx(40.0), 4, 2)
     assert (iv.low, iv.high) == (pytest.approx(low), pytest.approx(high))
-    other = report.iqm_intervals(rows, reps=60, seed=1)[("domain", CD, "trqam", "offline")]
+    other = stats.iqm_intervals(rows, reps=60, seed=1)[("domain", CD, "trqam", "offline")]
     assert other.estimate == iv.estimate and other.low <= 40.0 <= other.high
     # An overall over one domain is that domain.
     assert first[("overall", "overall", "trqam", "offline")] == iv
@@ -591,8 +598,8 @@ def test_probability_of_improvement_by_hand(tmp_path):
     assert float(row["probability_x_beats_y"]) == pytest.approx(0.625)
     assert float(row["ci_low"]) <= 0.625 <= float(row["ci_high"])
     assert "| a | b | offline | 0.62 |" in md or "| a | b | offline | 0.63 |" in md
-    rows = report.aggregate(report.load_runs(d), "offline")
-    assert report.improvement(rows, reps=20, seed=3) == report.improvement(rows, reps=20, seed=3)
+    rows = stats.aggregate(runs.load_runs(d), "offline")
+    assert stats.improvement(rows, reps=20, seed=3) == stats.improvement(rows, reps=20, seed=3)
 
 
 def test_without_rliable_one_line_and_nostats_works(runs_dir, tmp_path, monkeypatch):
@@ -608,8 +615,8 @@ def test_without_rliable_one_line_and_nostats_works(runs_dir, tmp_path, monkeypa
 
 
 def test_performance_profile_by_hand(runs_dir, tmp_path):
-    rows = report.aggregate(report.load_runs(runs_dir), "offline")
-    taus, profiles = report.performance_profiles(rows, "offline", reps=30, taus=[0.45, 0.55, 0.95])
+    rows = stats.aggregate(runs.load_runs(runs_dir), "offline")
+    taus, profiles = stats.performance_profiles(rows, "offline", reps=30, taus=[0.45, 0.55, 0.95])
     # trqam overall offline, seeds 0 / 1: antmaze-large 1 .9 .8 .7 .6 / .8 .9 .6 .7 .5 and cube-double
     # .5 .4 .6 / .7 .2 .6: 16 runs; above .45 all but .4 and .2 (14), above .55 9 of antmaze-large's
     # and .6 .7 .6 (12), above .95 only the 1 (1).
@@ -618,7 +625,7 @@ def test_performance_profile_by_hand(runs_dir, tmp_path):
     np.testing.assert_allclose(profile, [14 / 16, 12 / 16, 1 / 16])
     assert np.all(ci[0] <= profile + 1e-12) and np.all(profile <= ci[1] + 1e-12)
     assert list(profiles) == ["trqam", "qam"]
-    fig = report.plot_profiles(rows, "offline", str(tmp_path / "p.png"), reps=30)
+    fig = plots.plot_profiles(rows, "offline", str(tmp_path / "p.png"), reps=30)
     assert fig is not None and os.path.getsize(tmp_path / "p.png") > 5000
 
 
@@ -656,7 +663,7 @@ def expected(step, t, method="TRQAM"):
 @pytest.mark.parametrize("rows, row_1m", [(30, 19), (31, 20)])
 def test_released_results_in_both_layouts(runs_dir, tmp_path, rows, row_1m):
     ref = released_file(tmp_path / "trqam-exp-data.pkl", rows)
-    released = published.load_released(ref)
+    released = exp_data.load_released(ref)
     assert (released.rows, released.seeds, released.methods) == (rows, 8, ["QAM", "TRQAM"])
     assert released.row_of(1_000_000) == row_1m and released.row_of(1_500_000) == rows - 1
     first = "from step 0" if rows == 31 else "from 50K"
@@ -690,8 +697,8 @@ def test_released_results_in_both_layouts(runs_dir, tmp_path, rows, row_1m):
     assert float(res[("released", "overall", "QAM 1M (released)", "offline")]["mean"]) == pytest.approx(27.75)
     assert f"authors' released results file {ref} ({released.describe()})" in md
     # Curves: the released TRQAM and QAM curves on the task panels, at the file's steps.
-    runs = [r for r in report.load_runs(runs_dir) if r.domain == CD]
-    fig = report.plot_domain(runs, str(tmp_path / "cd.png"), released)
+    loaded = [r for r in runs.load_runs(runs_dir) if r.domain == CD]
+    fig = plots.plot_domain(loaded, str(tmp_path / "cd.png"), released)
     ax = next(a for a in fig.axes if a.get_title() == "task2")
     lines = {l.get_label(): l for l in ax.get_lines()}
     np.testing.assert_array_equal(lines["TRQAM (released)"].get_xdata(), released.steps)
@@ -699,8 +706,8 @@ def test_released_results_in_both_layouts(runs_dir, tmp_path, rows, row_1m):
     assert "QAM (released)" in lines
     mean_ax = next(a for a in fig.axes if a.get_title() == "domain mean")
     assert "TRQAM (released)" in {l.get_label() for l in mean_ax.get_lines()}
-    run = next(r for r in runs if r.method == "qam" and r.task == 1)
-    fig = report.plot_run(run, str(tmp_path / "run.png"), released)
+    run = next(r for r in loaded if r.method == "qam" and r.task == 1)
+    fig = plots.plot_run(run, str(tmp_path / "run.png"), released)
     labels = {l.get_label() for l in fig.axes[0].get_lines()}
     assert {"QAM (released)", "TRQAM (released)"} <= labels
 
@@ -710,17 +717,17 @@ def test_released_results_in_percent_and_without_domain_entries(tmp_path):
     data = {(env(CD, t), "SQAM"): np.full((31, 2), 10.0 * t) for t in range(1, 6)}
     with open(path, "wb") as f:
         pickle.dump(data, f)
-    released = published.load_released(str(path))
+    released = exp_data.load_released(str(path))
     assert released.percent and released.describe().endswith("; values in percent")
     # No domain entry: the per-seed mean of its 5 tasks (10..50 % -> 30 %).
-    assert released.score(CD, "SQAM", "offline", report._domain_tasks(CD)) == (pytest.approx(30.0), 0.0)
+    assert released.score(CD, "SQAM", "offline", runs.domain_tasks(CD)) == (pytest.approx(30.0), 0.0)
     assert released.score(CD, "SQAM", "offline") is None
     # A seed the file lacks (NaN) is left out of that row's mean and std.
     data[(env(CD, 1), "SQAM")][20] = [10.0, np.nan]
     data[(env(CD, 2), "SQAM")][20] = np.nan
     with open(path, "wb") as f:
         pickle.dump(data, f)
-    released = published.load_released(str(path))
+    released = exp_data.load_released(str(path))
     assert released.score(env(CD, 1), "SQAM", "offline") == (pytest.approx(10.0), pytest.approx(np.nan, nan_ok=True))
     assert released.score(env(CD, 2), "SQAM", "offline") is None
     assert released.score(env(CD, 2), "SQAM", "online") == (pytest.approx(20.0), 0.0)
@@ -739,8 +746,8 @@ def test_released_results_in_percent_and_without_domain_entries(tmp_path):
 def test_a_released_file_of_another_shape_gets_one_line(tmp_path, payload, message):
     path = tmp_path / "bad.pkl"
     path.write_bytes(pickle.dumps(payload))
-    with pytest.raises(published.ReleasedResultsError, match=message) as info:
-        published.load_released(str(path))
+    with pytest.raises(exp_data.ReleasedResultsError, match=message) as info:
+        exp_data.load_released(str(path))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
@@ -754,8 +761,8 @@ def test_a_malicious_released_file_runs_nothing(runs_dir, tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "trqam-exp-data.pkl"
     path.write_bytes(pickle.dumps({(CD, "TRQAM"): Exec()}))
-    with pytest.raises(published.ReleasedResultsError, match="numpy.testing._private.utils.runstring"):
-        published.load_released(str(path))
+    with pytest.raises(exp_data.ReleasedResultsError, match="numpy.testing._private.utils.runstring"):
+        exp_data.load_released(str(path))
     assert not marker.exists()
     proc = _cli(f"--runs_dir={runs_dir}", f"--reference={path}", "--noplots")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
