@@ -416,7 +416,7 @@ def test_sqam_program_trains_checkpoints_resumes_reports_and_shares_bc(dataset_d
     # A resume of the same program finds both runs finished; the report and the policy read them.
     assert pipeline.run_program(config, learners.task_names(config), resume=True) == run_dirs
     assert "already finished" in capsys.readouterr().out
-    rows = report.aggregate(report.load_runs(str(tmp_path)), "offline")
+    rows = report.stats.aggregate(report.runs.load_runs(str(tmp_path)), "offline")
     assert {r.method for r in rows if r.level == "task"} == {"sqam_gap0", "sqam_gap0.3"}
     policy = load_policy(run_dirs[1])
     assert policy.step == 100
