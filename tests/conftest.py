@@ -6,9 +6,8 @@ import pytest
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory):
     """A tiny generated cube-single play dataset (8 episodes x 101 steps) in OGBench's format."""
-    from experiments import make_dataset
+    from experiments.data.generation import generate_dataset
 
     path = str(tmp_path_factory.mktemp("data"))
-    make_dataset.generate_dataset("cube-single-play-v0", path, num_episodes=8, episode_length=101, num_workers=1,
-                                  progress=False)
+    generate_dataset("cube-single-play-v0", path, num_episodes=8, episode_length=101, num_workers=1, progress=False)
     return path

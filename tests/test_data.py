@@ -12,7 +12,7 @@ import ogbench
 import ogbench.utils
 import pytest
 
-from experiments import data
+from experiments.data import files, loading, names
 from trqam_jax import chunks
 
 EPS = 1e-5
@@ -24,37 +24,37 @@ EPS = 1e-5
 
 
 def test_parse_env_name():
-    info = data.parse_env_name('cube-double-play-singletask-task2-v0')
+    info = names.parse_env_name('cube-double-play-singletask-task2-v0')
     assert (info.domain, info.dataset, info.ogbench_env, info.task) == (
         'cube-double-play',
         'cube-double-play-v0',
         'cube-double-singletask-task2-v0',
         2,
     )
-    info = data.parse_env_name('antmaze-large-navigate-singletask-task5-v0')
+    info = names.parse_env_name('antmaze-large-navigate-singletask-task5-v0')
     assert info.dataset == 'antmaze-large-navigate-v0' and info.ogbench_env == 'antmaze-large-singletask-task5-v0'
     assert info.spec.navigation
-    info = data.parse_env_name('puzzle-4x4-play-singletask-v0')  # default-task alias
+    info = names.parse_env_name('puzzle-4x4-play-singletask-v0')  # default-task alias
     assert info.task is None and info.ogbench_env == 'puzzle-4x4-singletask-v0' and info.spec.size_m == 10
-    assert len(data.DOMAINS) == 11 and 'cube-single-play' in data.DOMAINS
+    assert len(names.DOMAINS) == 11 and 'cube-single-play' in names.DOMAINS
 
 
 @pytest.mark.parametrize(
     'name', ['foo-play-singletask-task1-v0', 'cube-double-play-v0', 'cube-octuple-play-singletask-task1-v0', '']
 )
 def test_unknown_env_lists_valid_domains(name):
-    with pytest.raises(data.UnknownEnvError) as e:
-        data.load_dataset(name, dataset_dir='/nonexistent')
+    with pytest.raises(names.UnknownEnvError) as e:
+        loading.ShardWindow([name], dataset_dir='/nonexistent')
     msg = str(e.value)
     assert 'valid domains' in msg
-    for domain in data.DOMAINS:
+    for domain in names.DOMAINS:
         assert domain in msg
-    assert isinstance(e.value, data.DataError)
+    assert isinstance(e.value, names.DataError)
 
 
 def test_bad_task_number():
-    with pytest.raises(data.UnknownEnvError, match='task1..task5'):
-        data.parse_env_name('cube-double-play-singletask-task6-v0')
+    with pytest.raises(names.UnknownEnvError, match='task1..task5'):
+        names.parse_env_name('cube-double-play-singletask-task6-v0')
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,10 +77,10 @@ def no_ogbench(monkeypatch):
 
 def _raises_fast(env_name, dataset_dir, **kw):
     t0 = time.perf_counter()
-    with pytest.raises(data.DatasetMissingError) as e:
-        data.load_dataset(env_name, dataset_dir=str(dataset_dir), **kw)
+    with pytest.raises(files.DatasetMissingError) as e:
+        loading.ShardWindow([env_name], dataset_dir=str(dataset_dir), **kw)
     assert time.perf_counter() - t0 < 0.5
-    assert isinstance(e.value, data.DataError) and isinstance(e.value, FileNotFoundError)
+    assert isinstance(e.value, names.DataError) and isinstance(e.value, FileNotFoundError)
     return str(e.value)
 
 
@@ -124,17 +124,17 @@ def test_100m_release_fallback(tmp_path):
     for i in range(12):
         np.savez(d / f'cube-triple-play-v0-{i:03d}.npz', x=np.zeros(1))
         np.savez(d / f'cube-triple-play-v0-{i:03d}-val.npz', x=np.zeros(1))
-    files = data.find_dataset_files('cube-triple-play-singletask-task1-v0', str(tmp_path))
-    assert files.sharded and len(files.train) == 10
-    assert [os.path.basename(p) for p in files.train] == [f'cube-triple-play-v0-{i:03d}.npz' for i in range(10)]
-    assert files.val.endswith('cube-triple-play-v0-000-val.npz')
+    found = files.find_dataset_files('cube-triple-play-singletask-task1-v0', str(tmp_path))
+    assert found.sharded and len(found.train) == 10
+    assert [os.path.basename(p) for p in found.train] == [f'cube-triple-play-v0-{i:03d}.npz' for i in range(10)]
+    assert found.val.endswith('cube-triple-play-v0-000-val.npz')
     # standard=True asks for the 1M file instead (missing here).
-    with pytest.raises(data.DatasetMissingError, match='cube-triple-play-v0.npz'):
-        data.find_dataset_files('cube-triple-play-singletask-task1-v0', str(tmp_path), standard=True)
+    with pytest.raises(files.DatasetMissingError, match='cube-triple-play-v0.npz'):
+        files.find_dataset_files('cube-triple-play-singletask-task1-v0', str(tmp_path), standard=True)
 
 
 # --------------------------------------------------------------------------------------------
-# A tiny puzzle-3x3 pair through load_dataset (relabeling computable from button_states).
+# A tiny puzzle-3x3 pair through the loading path (relabeling computable from button_states).
 # --------------------------------------------------------------------------------------------
 
 PUZZLE = 'puzzle-3x3-play-singletask-task1-v0'
@@ -144,7 +144,7 @@ MISMATCH = [3, 2, 1, 0, 0, 5, 9, 1, 0, 0, 2, 4]
 
 @pytest.fixture(scope='module')
 def puzzle_env():
-    env = data.make_env(PUZZLE)
+    env = loading.make_env(PUZZLE)
     env.reset()
     return env
 
@@ -166,18 +166,24 @@ def write_raw(path, mismatch, obs_dim, act_dim, target, traj_len, seed=0, offset
     return obs, actions
 
 
-def test_load_dataset_puzzle(tmp_path, puzzle_env):
+def load_pair(dataset_dir, env, sparse=False):
+    """The train and val files of PUZZLE, each read and relabelled as the runner reads a file."""
+    found = files.find_dataset_files(PUZZLE, str(dataset_dir))
+    return [loading.load_shard_tasks(p, [PUZZLE], [env], sparse) for p in (found.train[0], found.val)]
+
+
+def test_load_puzzle(tmp_path, puzzle_env):
     target = puzzle_env.unwrapped._target_button_states.copy()
     obs, actions = write_raw(tmp_path / 'puzzle-3x3-play-v0.npz', MISMATCH, 55, 5, target, 6)
     write_raw(tmp_path / 'puzzle-3x3-play-v0-val.npz', MISMATCH[:6], 55, 5, target, 6, seed=1)
     keep = [i for i in range(12) if i not in (5, 11)]  # ogbench drops each trajectory's last row
 
-    env, train, val = data.load_dataset(PUZZLE, dataset_dir=str(tmp_path), cur_env=puzzle_env)
-    assert env is puzzle_env
-    assert set(train) == set(data.KEYS) and all(v.dtype == np.float32 for v in train.values())
+    train, val = load_pair(tmp_path, puzzle_env)
+    assert set(train) == set(loading.KEYS) and all(v.dtype == np.float32 for v in train.values())
     expected_r = -np.array([MISMATCH[i] for i in keep], np.float32)
-    np.testing.assert_array_equal(train['rewards'], expected_r)  # (subgoals met) - (subgoals)
-    np.testing.assert_array_equal(train['masks'], (expected_r != 0).astype(np.float32))
+    assert train['rewards'].shape == train['masks'].shape == (1, 10)  # one task
+    np.testing.assert_array_equal(train['rewards'][0], expected_r)  # (subgoals met) - (subgoals)
+    np.testing.assert_array_equal(train['masks'][0], (expected_r != 0).astype(np.float32))
     np.testing.assert_array_equal(train['terminals'], [0, 0, 0, 0, 1, 0, 0, 0, 0, 1])
     np.testing.assert_array_equal(train['observations'], obs[keep])
     np.testing.assert_array_equal(train['next_observations'], obs[[i + 1 for i in keep]])
@@ -186,19 +192,21 @@ def test_load_dataset_puzzle(tmp_path, puzzle_env):
     np.testing.assert_array_equal(train['actions'][1, :2], [lo, hi])
     np.testing.assert_array_equal(train['actions'], np.clip(actions[keep], -1 + EPS, 1 - EPS).astype(np.float32))
     assert train['actions'].max() <= 1 - EPS and train['actions'].min() >= -1 + EPS
-    assert val['rewards'].shape == (5,)
+    assert val['rewards'].shape == (1, 5)
 
-    train_s, val_s = data.load_dataset(
-        PUZZLE, dataset_dir=str(tmp_path), sparse=True, cur_env=puzzle_env, dataset_only=True
-    )
-    np.testing.assert_array_equal(train_s['rewards'], np.where(expected_r != 0, -1.0, 0.0))
+    train_s, val_s = load_pair(tmp_path, puzzle_env, sparse=True)
+    np.testing.assert_array_equal(train_s['rewards'][0], np.where(expected_r != 0, -1.0, 0.0))
     np.testing.assert_array_equal(train_s['masks'], train['masks'])
-    np.testing.assert_array_equal(val_s['rewards'], [-1, -1, -1, 0, 0])
+    np.testing.assert_array_equal(val_s['rewards'][0], [-1, -1, -1, 0, 0])
 
-    # Into the chunk sampler.
-    cd = data.to_device(train)
+    # Into the chunk sampler, through the training loop's window (which relabels with the env given).
+    w = loading.ShardWindow([PUZZLE], str(tmp_path), env=[puzzle_env])
+    assert w.envs == (puzzle_env,) and w.fits
+    cd = w.data
+    for k in loading.KEYS:
+        np.testing.assert_array_equal(np.asarray(getattr(cd, k)), train[k])
     assert int(cd.size) == 10 and cd.observations.shape == (10, 55)
-    b = chunks.gather_chunks(cd, np.array([0, 3]), 5, 0.5)
+    b = chunks.gather_chunks(cd, np.array([0, 3]), 5, 0.5, task=0)
     # start 0: rows 0..4 valid (trajectory end at row 4): R = -3 -1 -0.25 + 0 + 0
     np.testing.assert_allclose(np.asarray(b.rewards), [-3 - 1 - 0.25, 0.0])
     np.testing.assert_array_equal(np.asarray(b.valid), [1.0, 0.0])
@@ -215,13 +223,13 @@ def test_postprocess_and_sparsify():
         terminals=np.array([0.0, 0.0, 1.0]),
         qpos=np.zeros((3, 4)),
     )
-    out = data.postprocess(d, sparse=True)
-    assert set(out) == set(data.KEYS)
+    out = loading.postprocess(d, sparse=True)
+    assert set(out) == set(loading.KEYS)
     np.testing.assert_array_equal(out['rewards'], [-1.0, 0.0, -1.0])
     np.testing.assert_array_equal(out['actions'], np.float32([[1 - EPS, -1 + EPS], [0.3, 1 - EPS], [-1 + EPS, 0]]))
-    np.testing.assert_array_equal(data.postprocess(d)['rewards'], [-2.0, 0.0, -1.0])
-    with pytest.raises(data.DataError, match='masks'):
-        data.postprocess({k: v for k, v in d.items() if k != 'masks'})
+    np.testing.assert_array_equal(loading.postprocess(d)['rewards'], [-2.0, 0.0, -1.0])
+    with pytest.raises(names.DataError, match='masks'):
+        loading.postprocess({k: v for k, v in d.items() if k != 'masks'})
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +245,7 @@ def triple(tmp_path_factory):
     root = tmp_path_factory.mktemp('ogb')
     d = root / 'cube-triple-play-10m-v0'
     d.mkdir()
-    env = data.make_env(TRIPLE)
+    env = loading.make_env(TRIPLE)
     env.reset()
     targets = env.unwrapped._data.mocap_pos.copy()
     rng = np.random.default_rng(0)
@@ -261,25 +269,26 @@ def triple(tmp_path_factory):
 
 def test_load_shards(triple):
     root, env = triple
-    train, val = data.load_dataset(TRIPLE, dataset_dir=str(root), cur_env=env, dataset_only=True, shards=[0, 3])
-    assert val is None
-    assert train['rewards'].shape == (12,)
+    found = files.find_dataset_files(TRIPLE, str(root))
+    assert found.sharded and found.val is None
+    train = loading.load_shards([found.train[0], found.train[3]], [TRIPLE], [env])
+    assert train['rewards'].shape == (1, 12)
     np.testing.assert_array_equal(train['observations'][:, 0], [0, 1, 2, 4, 5, 6, 300, 301, 302, 304, 305, 306])
-    np.testing.assert_array_equal(train['rewards'][:3], [-3, 0, -2])
-    np.testing.assert_array_equal(train['masks'][:3], [1, 0, 1])
+    np.testing.assert_array_equal(train['rewards'][0, :3], [-3, 0, -2])
+    np.testing.assert_array_equal(train['masks'][0, :3], [1, 0, 1])
     np.testing.assert_array_equal(train['terminals'], np.tile([0, 0, 1], 4))
     assert np.abs(train['actions']).max() <= 1 - EPS
     # Header-based size: 8 raw rows per shard counted (upper bound of the 6 transitions).
     per_shard = chunks.chunk_data_nbytes(SHARD_RAW, 46, 5)
-    assert data.dataset_nbytes(TRIPLE, str(root)) == 10 * per_shard
-    assert data.dataset_nbytes(TRIPLE, str(root), per_shard=True) == per_shard
-    actual = chunks.tree_nbytes(data.to_device(train))
+    assert loading.dataset_nbytes(TRIPLE, str(root)) == 10 * per_shard
+    assert loading.dataset_nbytes(TRIPLE, str(root), per_shard=True) == per_shard
+    actual = chunks.tree_nbytes(loading.to_device(train))
     assert 2 * chunks.chunk_data_nbytes(6, 46, 5) + 4 == actual <= 2 * per_shard
 
 
 def test_shard_window_rotation(triple):
     root, env = triple
-    w = data.ShardWindow(TRIPLE, str(root), env=env, shards_per_window=4, rotate_every=10)
+    w = loading.ShardWindow([TRIPLE], str(root), env=[env], shards_per_window=4, rotate_every=10)
     assert w.num_windows == 3 and not w.fits
     seen = {}
     for step in [0, 9, 10, 25, 30, 45]:
@@ -294,7 +303,7 @@ def test_shard_window_rotation(triple):
     assert len({s[2] for s in seen.values()}) == 1  # one padded shape: no recompilation
     # The padding of the short window is never sampled.
     d = w.data_at(25)
-    b = jax.jit(chunks.sample_chunks, static_argnums=(2, 3))(d, jax.random.PRNGKey(0), 512, 5, 0.99)
+    b = jax.jit(chunks.sample_chunks, static_argnums=(2, 3))(d, jax.random.PRNGKey(0), 512, 5, 0.99, 0)
     assert set((np.asarray(b.observations[:, 0]) // 100).astype(int)) == {8, 9}
     assert w.nbytes() == 4 * chunks.chunk_data_nbytes(SHARD_RAW, 46, 5)
 
@@ -302,9 +311,9 @@ def test_shard_window_rotation(triple):
 def test_shard_window_budget(triple):
     root, env = triple
     per_shard = chunks.chunk_data_nbytes(SHARD_RAW, 46, 5)
-    w = data.ShardWindow(TRIPLE, str(root), env=env, budget_bytes=int(2.5 * per_shard), rotate_every=5)
+    w = loading.ShardWindow([TRIPLE], str(root), env=[env], budget_bytes=int(2.5 * per_shard), rotate_every=5)
     assert w.shards_per_window == 2 and w.num_windows == 5
-    w = data.ShardWindow(TRIPLE, str(root), env=env, budget_bytes=100 * per_shard)
+    w = loading.ShardWindow([TRIPLE], str(root), env=[env], budget_bytes=100 * per_shard)
     assert w.fits and w.total_nbytes() == 10 * per_shard
     d = w.data
     assert int(d.size) == 60 and d.observations.shape[0] == 60

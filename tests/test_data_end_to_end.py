@@ -6,7 +6,8 @@ import functools
 import jax
 import numpy as np
 
-from experiments import data, make_dataset
+from experiments.data import files, loading
+from experiments.data.generation import generate_dataset
 from experiments.evaluation.episodes import evaluate, random_act_fn
 from trqam_jax import chunks
 
@@ -14,16 +15,18 @@ ENV = "cube-double-play-singletask-task2-v0"
 
 
 def test_generate_load_sample_evaluate_cube_double(tmp_path):
-    make_dataset.generate_dataset("cube-double-play-v0", str(tmp_path), num_episodes=2, episode_length=61,
-                                  num_workers=1, progress=False)
-    env, train, val = data.load_dataset(ENV, str(tmp_path))
+    generate_dataset("cube-double-play-v0", str(tmp_path), num_episodes=2, episode_length=61, num_workers=1,
+                     progress=False)
+    found = files.find_dataset_files(ENV, str(tmp_path))
+    env = loading.make_env(ENV)
+    train, val = (loading.load_shard_tasks(path, [ENV], [env]) for path in (found.train[0], found.val))
     assert train["observations"].shape[0] == 2 * 60 and val["observations"].shape[0] == 60
     assert np.all(np.abs(train["actions"]) <= 1 - 1e-5)
     # Relabeled for task 2: rewards are -(number of unmet subgoals) in {-2, -1, 0}.
     assert set(np.unique(train["rewards"])) <= {-2.0, -1.0, 0.0}
 
-    device_data = data.to_device(train)
-    sample = jax.jit(functools.partial(chunks.sample_chunks, batch_size=64, horizon=5, discount=0.99))
+    device_data = loading.to_device(train)
+    sample = jax.jit(functools.partial(chunks.sample_chunks, batch_size=64, horizon=5, discount=0.99, task=0))
     batch = sample(device_data, jax.random.PRNGKey(0))
     assert batch.actions.shape == (64, 5, 5) and batch.observations.shape == (64, train["observations"].shape[1])
     # A chunk that stays inside one trajectory repeats the dataset's consecutive actions.

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments.data import files, generation, generation_plan, loading, names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CD = 'cube-double-play-singletask-task2-v0'
@@ -44,10 +44,10 @@ def test_damaged_standard_file(tmp_path, damaged, how):
         truncate(tmp_path / damaged)
     else:
         (tmp_path / damaged).write_bytes(b'')
-    with pytest.raises(data.DataError) as e:
-        data.load_dataset(CD, dataset_dir=str(tmp_path))
+    with pytest.raises(names.DataError) as e:
+        loading.ShardWindow([CD], dataset_dir=str(tmp_path))
     msg = one_line(e.value)
-    assert isinstance(e.value, data.DatasetDamagedError)
+    assert isinstance(e.value, files.DatasetDamagedError)
     assert f'dataset file {tmp_path / damaged} cannot be loaded' in msg
     assert ('0 bytes' in msg) == (how == 'empty')
     # The settings of the readable twin file follow (tests below rebuild a file with them).
@@ -62,15 +62,14 @@ def test_damaged_shard_names_the_shard_and_its_command(tmp_path):
     for i in range(10):
         write_npz(d / f'cube-triple-play-v0-{i:03d}.npz', rows=200, seed=i)
     truncate(d / 'cube-triple-play-v0-003.npz', keep=0.9)
-    with pytest.raises(data.DatasetDamagedError) as e:
-        data.find_dataset_files('cube-triple-play-singletask-task1-v0', str(tmp_path))
+    with pytest.raises(files.DatasetDamagedError) as e:
+        files.find_dataset_files('cube-triple-play-singletask-task1-v0', str(tmp_path))
     msg = one_line(e.value)
     assert str(d / 'cube-triple-play-v0-003.npz') in msg
     # make_dataset writes that one shard pair straight into the 10m directory.
     assert (f'--dataset=cube-triple-play-10m-v0 --dataset_dir={tmp_path} --shard_start=3 --num_shards=1 '
             '--overwrite') in msg and ' over it' not in msg
-    from experiments import make_dataset
-    assert make_dataset.dataset_file_paths('cube-triple-play-10m-v0', str(tmp_path), num_shards=1, shard_start=3) \
+    assert generation_plan.dataset_file_paths('cube-triple-play-10m-v0', str(tmp_path), num_shards=1, shard_start=3) \
         == [(str(d / 'cube-triple-play-v0-003.npz'), str(d / 'cube-triple-play-v0-003-val.npz'))]
 
 
@@ -78,8 +77,8 @@ def test_damaged_navigation_file_says_where_to_download(tmp_path):
     for name in ('antmaze-large-navigate-v0.npz', 'antmaze-large-navigate-v0-val.npz'):
         write_npz(tmp_path / name)
     (tmp_path / 'antmaze-large-navigate-v0-val.npz').write_bytes(b'')
-    with pytest.raises(data.DatasetDamagedError) as e:
-        data.load_dataset('antmaze-large-navigate-singletask-task1-v0', dataset_dir=str(tmp_path))
+    with pytest.raises(files.DatasetDamagedError) as e:
+        loading.ShardWindow(['antmaze-large-navigate-singletask-task1-v0'], dataset_dir=str(tmp_path))
     msg = one_line(e.value)
     assert str(tmp_path / 'antmaze-large-navigate-v0-val.npz') in msg
     assert 'internet' in msg and "download_datasets(['antmaze-large-navigate-v0']" in msg
@@ -91,14 +90,14 @@ def test_corrupted_data_inside_a_valid_zip_is_caught_at_load(tmp_path):
     when ogbench reads it, and the error still names the file."""
     for name in ('cube-double-play-v0.npz', 'cube-double-play-v0-val.npz'):
         write_npz(tmp_path / name)
-    path = tmp_path / 'cube-double-play-v0-val.npz'
+    path = tmp_path / 'cube-double-play-v0.npz'  # the file the training loop reads
     raw = bytearray(path.read_bytes())
     middle = len(raw) // 3
     raw[middle:middle + 64] = bytes(255 - b for b in raw[middle:middle + 64])
     path.write_bytes(bytes(raw))
-    data.find_dataset_files(CD, str(tmp_path))  # the quick check passes
-    with pytest.raises(data.DatasetDamagedError) as e:
-        data.load_dataset(CD, dataset_dir=str(tmp_path))
+    files.find_dataset_files(CD, str(tmp_path))  # the quick check passes
+    with pytest.raises(files.DatasetDamagedError) as e:
+        loading.ShardWindow([CD], dataset_dir=str(tmp_path)).data
     msg = one_line(e.value)
     assert str(path) in msg and 'CRC' in msg and '--dataset=cube-double-play-v0' in msg
 
@@ -129,18 +128,16 @@ def test_the_repair_hint_rebuilds_the_same_bytes(tmp_path, damaged, record):
     makes the same file again (from the record beside it, or without it from its readable twin)."""
     import shlex
 
-    from experiments import make_dataset
-
     seed = 3 if record else 0  # without the record the seed cannot be known: the default one is assumed
-    make_dataset.generate_dataset('cube-single-play-v0', str(tmp_path), num_episodes=10, episode_length=21,
-                                  seed=seed, progress=False)
+    generation.generate_dataset('cube-single-play-v0', str(tmp_path), num_episodes=10, episode_length=21, seed=seed,
+                                progress=False)
     path = tmp_path / damaged
     original = path.read_bytes()
     if not record:
-        os.remove(make_dataset.generation_record_path(str(path)))
+        os.remove(files.generation_record_path(str(path)))
     truncate(path)
-    with pytest.raises(data.DatasetDamagedError) as e:
-        data.load_dataset('cube-single-play-singletask-task1-v0', dataset_dir=str(tmp_path))
+    with pytest.raises(files.DatasetDamagedError) as e:
+        loading.ShardWindow(['cube-single-play-singletask-task1-v0'], dataset_dir=str(tmp_path))
     command = re.search(r'python -m experiments\.make_dataset .*?--overwrite', one_line(e.value)).group(0)
     assert ('--num_episodes=10' in command and '--episode_length=21' in command
             and ('--seed=3' in command) == record), command

@@ -1,4 +1,5 @@
-"""Tests for experiments/make_dataset.py (offline regeneration of OGBench play datasets).
+"""Tests for offline regeneration of OGBench play datasets (`experiments.data.generation` and its command,
+`python -m experiments.make_dataset`).
 
 Expectations are derived independently of the generator: from the episode sizes, from the
 environment's own MuJoCo model (joint addresses, observation layout) and from ogbench's task
@@ -15,7 +16,8 @@ import warnings
 import numpy as np
 import pytest
 
-from experiments import make_dataset as md
+from experiments.data import collection, generation
+from experiments.data import generation_plan as plan
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +46,7 @@ def _generate(domain, directory, **kwargs):
         progress=False,
     )
     args.update(kwargs)
-    return md.generate_dataset(f'{domain}-play-v0', **args)
+    return generation.generate_dataset(f'{domain}-play-v0', **args)
 
 
 @pytest.fixture(scope='module')
@@ -211,14 +213,14 @@ def test_existing_files_are_skipped_unless_overwrite(tmp_path):
 
 @pytest.mark.parametrize('num_workers', [1, 2])
 def test_interrupted_write_leaves_no_final_file(tmp_path, monkeypatch, num_workers):
-    real_collect = md._collect_chunk
+    real_collect = collection._collect_chunk
 
     def failing_collect(task):
         if task.split_id == 1:  # The val chunk fails after the train chunks have been written.
             raise RuntimeError('simulated worker crash')
         return real_collect(task)
 
-    monkeypatch.setattr(md, '_collect_chunk', failing_collect)
+    monkeypatch.setattr(collection, '_collect_chunk', failing_collect)
     # A previous complete file pair must survive a failed overwrite untouched.
     (tmp_path / 'keep').mkdir()
     old = tmp_path / 'keep' / 'cube-single-play-v0.npz'
@@ -236,7 +238,7 @@ def test_interrupted_write_leaves_no_final_file(tmp_path, monkeypatch, num_worke
 
 
 def test_crash_while_writing_a_final_file_leaves_nothing(tmp_path, monkeypatch):
-    real_write = md._write_npz
+    real_write = collection._write_npz
     calls = []
 
     def crashing_write(path, arrays, compress):
@@ -247,7 +249,7 @@ def test_crash_while_writing_a_final_file_leaves_nothing(tmp_path, monkeypatch):
             raise OSError('simulated disk full')
         return real_write(path, arrays, compress)
 
-    monkeypatch.setattr(md, '_write_npz', crashing_write)
+    monkeypatch.setattr(collection, '_write_npz', crashing_write)
     with pytest.raises(OSError, match='simulated disk full'):
         _generate('cube-single', tmp_path, episode_length=20)
     assert len(calls) == 4  # Three worker parts (2 train episodes, 1 val), then the crashing merge.
@@ -258,14 +260,14 @@ def test_sharded_layout(tmp_path, no_download):
     name = 'cube-single-play-100m-v0'
     kw = dict(dataset_dir=str(tmp_path / 'all'), num_episodes=1, episode_length=20, val_fraction=0.1,
               progress=False)
-    written = md.generate_dataset(name, num_shards=2, **kw)
+    written = generation.generate_dataset(name, num_shards=2, **kw)
     shard_dir = tmp_path / 'all' / name
     expected = ['cube-single-play-v0-000-val.npz', 'cube-single-play-v0-000.npz',
                 'cube-single-play-v0-001-val.npz', 'cube-single-play-v0-001.npz']
     records = ['cube-single-play-v0-000.generation.json', 'cube-single-play-v0-001.generation.json']
     assert sorted(os.listdir(shard_dir)) == sorted(expected + records)
     assert sorted(written) == sorted(str(shard_dir / n) for n in expected)
-    assert md.dataset_file_paths(name, str(tmp_path / 'all'), num_shards=2) == [
+    assert plan.dataset_file_paths(name, str(tmp_path / 'all'), num_shards=2) == [
         (str(shard_dir / 'cube-single-play-v0-000.npz'), str(shard_dir / 'cube-single-play-v0-000-val.npz')),
         (str(shard_dir / 'cube-single-play-v0-001.npz'), str(shard_dir / 'cube-single-play-v0-001-val.npz')),
     ]
@@ -275,7 +277,7 @@ def test_sharded_layout(tmp_path, no_download):
 
     # A shard written on its own is identical to the same shard written in a batch.
     kw['dataset_dir'] = str(tmp_path / 'one')
-    md.generate_dataset(name, num_shards=1, shard_start=1, **kw)
+    generation.generate_dataset(name, num_shards=1, shard_start=1, **kw)
     assert os.listdir(tmp_path / 'one' / name) != []
     for n in expected[2:]:
         assert _sha256(tmp_path / 'one' / name / n) == _sha256(shard_dir / n)
@@ -286,38 +288,38 @@ def test_sharded_layout(tmp_path, no_download):
 
 
 def test_defaults_match_official_sizes():
-    assert md.DEFAULT_EPISODE_LENGTH == 1001
+    assert plan.DEFAULT_EPISODE_LENGTH == 1001
     for name, n in [('cube-single-play-v0', 1000), ('cube-double-play-v0', 1000), ('scene-play-v0', 1000),
                     ('puzzle-3x3-play-v0', 1000), ('puzzle-4x4-play-v0', 1000),
                     ('cube-triple-play-v0', 3000), ('cube-quadruple-play-v0', 5000),
                     ('cube-triple-play-100m-v0', 1000), ('puzzle-4x4-play-100m-v0', 1000)]:
-        assert md.default_num_episodes(name) == n
-    assert md.num_val_episodes(1000, 0.1) == 100
-    assert md.num_val_episodes(2, 0.1) == 1
-    assert len(md.dataset_file_paths('cube-quadruple-play-100m-v0', '/d')) == 100
-    assert md.dataset_file_paths('cube-quadruple-play-100m-v0', '/d')[-1] == (
+        assert plan.default_num_episodes(name) == n
+    assert plan.num_val_episodes(1000, 0.1) == 100
+    assert plan.num_val_episodes(2, 0.1) == 1
+    assert len(plan.dataset_file_paths('cube-quadruple-play-100m-v0', '/d')) == 100
+    assert plan.dataset_file_paths('cube-quadruple-play-100m-v0', '/d')[-1] == (
         '/d/cube-quadruple-play-100m-v0/cube-quadruple-play-v0-099.npz',
         '/d/cube-quadruple-play-100m-v0/cube-quadruple-play-v0-099-val.npz',
     )
 
 
 def test_name_parsing():
-    spec = md.parse_dataset_name('cube-double-play-singletask-task2-v0')
+    spec = plan.parse_dataset_name('cube-double-play-singletask-task2-v0')
     assert (spec.dataset_name, spec.env_name, spec.sharded) == ('cube-double-play-v0', 'cube-double-v0', False)
-    assert md.parse_dataset_name('puzzle-4x4-play-singletask-v0').dataset_name == 'puzzle-4x4-play-v0'
-    spec = md.parse_dataset_name('cube-triple-play-100m-v0')
+    assert plan.parse_dataset_name('puzzle-4x4-play-singletask-v0').dataset_name == 'puzzle-4x4-play-v0'
+    spec = plan.parse_dataset_name('cube-triple-play-100m-v0')
     assert (spec.env_name, spec.sharded, spec.file_stem) == ('cube-triple-v0', True, 'cube-triple-play-v0')
     for bad in ['cube-double-noisy-v0', 'visual-cube-double-play-v0', 'cube-nine-play-v0', 'scene-play']:
-        with pytest.raises(md.UnsupportedDatasetError):
-            md.parse_dataset_name(bad)
-    with pytest.raises(md.MakeDatasetError):
-        md.generate_dataset('cube-double-play-v0', '/nonexistent', num_shards=2)
+        with pytest.raises(plan.UnsupportedDatasetError):
+            plan.parse_dataset_name(bad)
+    with pytest.raises(plan.MakeDatasetError):
+        generation.generate_dataset('cube-double-play-v0', '/nonexistent', num_shards=2)
 
 
 @pytest.mark.parametrize('name', ['antmaze-large-navigate-v0', 'humanoidmaze-medium-navigate-singletask-task1-v0'])
 def test_navigation_datasets_give_a_clear_error(name, tmp_path):
-    with pytest.raises(md.UnsupportedDatasetError, match='expert'):
-        md.generate_dataset(name, str(tmp_path))
+    with pytest.raises(plan.UnsupportedDatasetError, match='expert'):
+        generation.generate_dataset(name, str(tmp_path))
     assert os.listdir(tmp_path) == []
 
 
@@ -379,8 +381,8 @@ def test_workers_die_with_a_killed_parent_and_the_next_run_cleans_up(tmp_path):
     out = tmp_path / 'data'
     out.mkdir()
     script = (
-        'import sys; from experiments import make_dataset as md; '
-        f'md.generate_dataset("cube-single-play-v0", sys.argv[1], num_workers=2, progress=False, **{_KILL_ARGS!r})'
+        'import sys; from experiments.data import generation; '
+        f'generation.generate_dataset("cube-single-play-v0", sys.argv[1], num_workers=2, progress=False, **{_KILL_ARGS!r})'
     )
     parent = subprocess.Popen([sys.executable, '-c', script, str(out)], cwd=REPO_ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -411,11 +413,11 @@ def test_workers_die_with_a_killed_parent_and_the_next_run_cleans_up(tmp_path):
 
     # The next run removes the stale part files and writes the same bytes as an uninterrupted run
     # (the same bytes for any worker count: test_same_seed_same_bytes_any_worker_count).
-    written = md.generate_dataset('cube-single-play-v0', str(out), num_workers=2, progress=False, **_KILL_ARGS)
+    written = generation.generate_dataset('cube-single-play-v0', str(out), num_workers=2, progress=False, **_KILL_ARGS)
     assert len(written) == 2
     assert sorted(os.listdir(out)) == ['cube-single-play-v0-val.npz', 'cube-single-play-v0.generation.json',
                                        'cube-single-play-v0.npz']
-    md.generate_dataset('cube-single-play-v0', str(tmp_path / 'ref'), num_workers=2, progress=False, **_KILL_ARGS)
+    generation.generate_dataset('cube-single-play-v0', str(tmp_path / 'ref'), num_workers=2, progress=False, **_KILL_ARGS)
     for name in ('cube-single-play-v0.npz', 'cube-single-play-v0-val.npz'):
         assert _sha256(out / name) == _sha256(tmp_path / 'ref' / name)
 
@@ -432,23 +434,23 @@ def test_stale_temporaries_of_live_processes_and_other_datasets_are_kept(tmp_pat
     }
     for name in names:
         (tmp_path / name).write_bytes(b'x')
-    units = md._plan_units(md.parse_dataset_name('cube-single-play-v0'), str(tmp_path), None, 0)
-    removed = md.remove_stale_temporaries(units)
+    units = plan.plan_units(plan.parse_dataset_name('cube-single-play-v0'), str(tmp_path), None, 0)
+    removed = generation.remove_stale_temporaries(units)
     assert sorted(os.path.basename(p) for p in removed) == sorted(n for n, keep in names.items() if not keep)
     assert sorted(os.listdir(tmp_path)) == sorted(n for n, keep in names.items() if keep)
 
 
 def test_ten_m_layout_equals_the_first_shards_of_the_100m_release(tmp_path):
     """`<domain>-play-10m-v0` (named by the launcher's missing-data message) is shards 000-009."""
-    spec = md.parse_dataset_name('cube-single-play-10m-v0')
+    spec = plan.parse_dataset_name('cube-single-play-10m-v0')
     assert (spec.sharded, spec.file_stem, spec.max_shards) == (True, 'cube-single-play-v0', 10)
-    paths = md.dataset_file_paths('cube-single-play-10m-v0', '/d')
+    paths = plan.dataset_file_paths('cube-single-play-10m-v0', '/d')
     assert len(paths) == 10 and paths[-1][0] == '/d/cube-single-play-10m-v0/cube-single-play-v0-009.npz'
-    with pytest.raises(md.MakeDatasetError, match='shards 0..9'):
-        md.dataset_file_paths('cube-single-play-10m-v0', '/d', num_shards=2, shard_start=9)
+    with pytest.raises(plan.MakeDatasetError, match='shards 0..9'):
+        plan.dataset_file_paths('cube-single-play-10m-v0', '/d', num_shards=2, shard_start=9)
     kw = dict(num_episodes=1, episode_length=20, val_fraction=0.1, progress=False, num_shards=1, shard_start=1)
-    md.generate_dataset('cube-single-play-10m-v0', str(tmp_path), **kw)
-    md.generate_dataset('cube-single-play-100m-v0', str(tmp_path), **kw)
+    generation.generate_dataset('cube-single-play-10m-v0', str(tmp_path), **kw)
+    generation.generate_dataset('cube-single-play-100m-v0', str(tmp_path), **kw)
     for name in ('cube-single-play-v0-001.npz', 'cube-single-play-v0-001-val.npz'):
         assert _sha256(tmp_path / 'cube-single-play-10m-v0' / name) == \
             _sha256(tmp_path / 'cube-single-play-100m-v0' / name)
