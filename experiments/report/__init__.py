@@ -56,7 +56,8 @@ def make_report(runs_dir: str, out_dir: Optional[str] = None, plots: bool = True
         iqm = iqm_intervals(rows, bootstrap_reps, bootstrap_seed)
         pairs = improvement(rows, poi_reps, bootstrap_seed)
     tables.write_csv(rows, os.path.join(out_dir, "results.csv"), released, iqm)
-    markdown = tables.to_markdown(rows, released, iqm, pairs, f" ({bootstrap_reps} replications, seed {bootstrap_seed})",
+    markdown = tables.to_markdown(rows, released, iqm, pairs,
+                                  f" ({bootstrap_reps} replications, seed {bootstrap_seed})",
                                   f" ({poi_reps} replications, seed {bootstrap_seed})")
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown)

@@ -242,4 +242,3 @@ def export_exp_data(runs: Sequence[Run], out_dir: str) -> list[str]:
     files.write_json(meta, {"layout": "dict (name, METHOD) -> success array (evaluations, seeds); rows at 'steps', "
                                       "columns for 'seeds'", "entries": info}, indent=1)
     return [pkl, meta]
-

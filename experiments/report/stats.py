@@ -30,6 +30,7 @@ from experiments.report.runs import PHASES, ReportError, Run, domain_key, method
 # Standard deviation over seeds: the sample std (ddof=1), as the reference's exp_data/reproduce.py.
 STD_DDOF = 1
 
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One aggregated score. mean and std are success in percent (std over seeds with ddof=STD_DDOF;
@@ -51,7 +52,6 @@ class Row:
     notes: tuple = ()
     progress: str = ""  # task rows: 'offline 1000/2000' for an unfinished run; '' when finished
     unfinished: tuple = ()  # domain / overall rows: the unfinished runs they include
-
 
 
 # ------------------------------------------------------------------------------------- aggregation
@@ -304,4 +304,3 @@ def performance_profiles(rows: Sequence[Row], phase: str, reps: int = BOOTSTRAP_
                                 confidence_interval_size=CONFIDENCE)
         out[method] = (profiles["x"], np.asarray(cis["x"]), scores.shape[1], scores.shape[0])
     return taus, dict(sorted(out.items(), key=lambda kv: method_key(kv[0])))
-
