@@ -381,8 +381,8 @@ def test_workers_die_with_a_killed_parent_and_the_next_run_cleans_up(tmp_path):
     out = tmp_path / 'data'
     out.mkdir()
     script = (
-        'import sys; from experiments.data import generation; '
-        f'generation.generate_dataset("cube-single-play-v0", sys.argv[1], num_workers=2, progress=False, **{_KILL_ARGS!r})'
+        'import sys; from experiments.data.generation import generate_dataset; '
+        f'generate_dataset("cube-single-play-v0", sys.argv[1], num_workers=2, progress=False, **{_KILL_ARGS!r})'
     )
     parent = subprocess.Popen([sys.executable, '-c', script, str(out)], cwd=REPO_ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -417,7 +417,8 @@ def test_workers_die_with_a_killed_parent_and_the_next_run_cleans_up(tmp_path):
     assert len(written) == 2
     assert sorted(os.listdir(out)) == ['cube-single-play-v0-val.npz', 'cube-single-play-v0.generation.json',
                                        'cube-single-play-v0.npz']
-    generation.generate_dataset('cube-single-play-v0', str(tmp_path / 'ref'), num_workers=2, progress=False, **_KILL_ARGS)
+    generation.generate_dataset('cube-single-play-v0', str(tmp_path / 'ref'), num_workers=2, progress=False,
+                                **_KILL_ARGS)
     for name in ('cube-single-play-v0.npz', 'cube-single-play-v0-val.npz'):
         assert _sha256(out / name) == _sha256(tmp_path / 'ref' / name)
 

@@ -11,7 +11,7 @@ The modules, in the order data flows:
   play datasets offline (`python -m experiments.make_dataset`): names to file pairs, episodes
   collected by the scripted oracles, the worker pool, and the atomic writing of the files.
 
-Re-exported here: what the runner uses as `data.X`.
+Re-exported here: what the runner and its tests use as `data.X`.
 """
 
 from experiments.data.files import DatasetMissingError, find_dataset_files
