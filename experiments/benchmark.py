@@ -258,7 +258,7 @@ def bench_seeds(cfg, nets, shapes: Shapes, roof: Roof):
               f"{'%floor':>6} {'XLA temp MB':>11} {'state MB':>8}")
     print(header)
     for num_seeds in [int(s) for s in FLAGS.seeds]:
-        states = agent.init_seeds(jnp.arange(num_seeds), cfg, nets, shapes.obs_dim, shapes.chunk_dim)
+        states = agent.init_learners(jnp.arange(num_seeds), cfg, nets, shapes.obs_dim, shapes.chunk_dim)
         scanned = agent.make_train_fn(cfg, nets, sample, shapes.scan_steps)
         compile_s, temp_mb, state_mb, seconds, states, _ = time_scanned(scanned, states, data, shapes.repeats)
         scan_rate = shapes.scan_steps / seconds
@@ -310,7 +310,7 @@ def bench_learners(cfg, nets, shapes: Shapes, roof: Roof, learner_counts, profil
             continue
         tasks, values, seeds = learner_axes(num_learners, shapes.tasks, budgets)
         hparams = agent.hyperparams(cfg, **{field: values}) if field else None
-        states = agent.init_seeds(seeds, cfg, nets, shapes.obs_dim, shapes.chunk_dim, hparams=hparams)
+        states = agent.init_learners(seeds, cfg, nets, shapes.obs_dim, shapes.chunk_dim, hparams=hparams)
         data = chunks.TaskData(domain, jnp.asarray(tasks))
         compile_s, temp_mb, state_mb, seconds, states, compiled = time_scanned(scanned, states, data, shapes.repeats)
         rate = shapes.scan_steps / seconds  # updates/s of each learner

@@ -20,10 +20,12 @@ from typing import Callable, List, NamedTuple, Optional
 import numpy as np
 from absl import app, flags, logging
 
+from experiments.infra.errors import UserError
+
 DEFAULT_ENVS_PER_SEED = 5
 
 
-class PolicyError(Exception):
+class PolicyError(UserError):
     """A run directory that cannot be evaluated; the message is one line, meant to be shown alone."""
 
 
@@ -117,7 +119,7 @@ def _restore(run_dir, ckpt_dir, task_path, task, run_config, step, report) -> Po
     import jax
     import jax.numpy as jnp
 
-    from experiments.checkpointing import Checkpointer
+    from experiments.infra.checkpointing import Checkpointer
     from trqam_jax import agent
 
     # Read-only: evaluating never moves, deletes or writes a checkpoint, damaged or not.
@@ -156,7 +158,7 @@ def _restore(run_dir, ckpt_dir, task_path, task, run_config, step, report) -> Po
                     restored = checkpointer.restore(like, items=("policy",), step=candidate)
                 if restored is None:
                     raise RuntimeError("unreadable")
-                found_step, params, _, _ = restored
+                found_step, params = restored.step, restored.state
             except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged step
                 skipped.append((candidate, checkpointer.damaged.get(candidate) or _short(e)))
                 continue
@@ -212,7 +214,7 @@ def default_envs_per_seed(run_value: Optional[int], num_seeds: int, available_mb
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from experiments.checkpointing import quiet_orbax
+    from experiments.infra.checkpointing import quiet_orbax
 
     quiet_orbax()
     import warnings

@@ -18,7 +18,7 @@ import signal
 import sys
 import warnings
 
-from experiments.preemption import SIGNALS, Interrupted, Preemption
+from experiments.infra.preemption import SIGNALS, Interrupted, Preemption
 
 # From the first line on, SIGTERM / SIGINT are held until a safe point of `main` (the imports below take
 # seconds): a signal at any moment of start-up then ends in one line and exit 143 / 130.
@@ -27,7 +27,9 @@ PREEMPT = Preemption().install(hold=True) if __name__ == "__main__" else None
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import checkpointing, data, learners, pipeline, reference_checkpoint, spec
+from experiments.infra import checkpointing
+from experiments.infra.errors import UserError
+from experiments.runner import plan, program, spec
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.py")
 
@@ -70,11 +72,6 @@ FLAGS = flags.FLAGS
 
 OVERRIDES = ("env_name", "tasks", "method", "seed", "num_seeds", "bc_steps", "offline_steps", "online_steps", "output_dir",
              "dataset_dir", "suite")
-# Errors that are the user's to fix: print the message alone, no traceback.
-USER_ERRORS = (data.DataError, spec.ConfigError, pipeline.RunDirExistsError, pipeline.ConfigMismatchError,
-               pipeline.RunDirBusyError,
-               pipeline.TrainingDivergedError, checkpointing.CheckpointError,
-               reference_checkpoint.ReferenceCheckpointError)
 
 
 def main(argv):
@@ -97,15 +94,13 @@ def main(argv):
         jax.config.update("jax_default_matmul_precision",
                           None if config.matmul_precision == "default" else config.matmul_precision)
         tasks = spec.task_list(config, FLAGS.shard)
-        if config.suite and config.tasks:
-            raise spec.ConfigError(f"--tasks={config.tasks} picks tasks of a domain; with --suite use --shard.")
-        programs = learners.programs(tasks if config.suite else learners.task_names(config))
-        for names in programs:  # every run's config is checked before the first one starts
-            learners.plan(config, names, pipeline.run_dir_of)
-        for names in programs:
+        # Every run of every program is planned (and its config checked) before the first one starts.
+        programs = [(names, plan.plan(config, names))
+                    for names in plan.by_domain(tasks if config.suite else plan.task_names(config))]
+        for names, runs in programs:
             print(f"Running {', '.join(names)} ({config.method}, {config.num_seeds} seeds) ...")
-            for run_dir in pipeline.run_program(config, names, resume=FLAGS.resume, preempt=preempt):
-                print(f"Finished {run_dir}")
+            for path in program.train_runs(runs, resume=FLAGS.resume, preempt=preempt):
+                print(f"Finished {path}")
         if FLAGS.report:
             from experiments import report
 
@@ -114,7 +109,7 @@ def main(argv):
                 print(report.make_report(runs_dir, log=print))
             except report.ReportError as e:
                 raise SystemExit(f"Error while writing the report: {e}") from None
-    except USER_ERRORS as e:
+    except UserError as e:  # the user's to fix: the message alone, no traceback
         raise SystemExit(f"Error: {e}") from None
     except OSError as e:  # validation found the output dir writable; a disk that filled up since, say
         line = write_error(e, config.output_dir)

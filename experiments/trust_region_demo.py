@@ -147,8 +147,8 @@ def finetune(cfg: DemoConfig, acfg: agent.AgentConfig, nets: agent.Networks, bc_
     """Fine-tune len(heights) states in one vmapped call; state i starts from BC seed i % num_seeds."""
     num = len(heights)
     reps = num // cfg.num_seeds
-    states = agent.init_seeds(np.arange(num) % cfg.num_seeds + 100, acfg, nets, 1, 1,
-                              pretrained_actor=tile(bc_actor, reps))
+    states = agent.init_learners(np.arange(num) % cfg.num_seeds + 100, acfg, nets, 1, 1,
+                                 pretrained_actor=tile(bc_actor, reps))
     states = set_critic(states, np.asarray(heights))
     if lams is not None:  # frozen dual: lam = lambda_eff / lam_scale per state.
         lam = jnp.asarray(np.asarray(lams) / acfg.lam_scale, jnp.float32)
@@ -263,7 +263,7 @@ def run(cfg: DemoConfig, out_dir: str, log=print) -> Dict:
     # 1. BC pretraining through the real update (method "bc").
     bc_cfg = dataclasses.replace(agent_config(cfg, method="bc"), batch_size=cfg.bc_batch_size)
     nets = agent.Networks(agent.make_networks(bc_cfg, 1).actor, BanditCritic())
-    states = agent.init_seeds(np.arange(n), bc_cfg, nets, 1, 1)
+    states = agent.init_learners(np.arange(n), bc_cfg, nets, 1, 1)
     states, _ = agent.make_train_fn(bc_cfg, nets, agent.uniform_sampler(cfg.bc_batch_size), cfg.bc_steps)(
         states, data)
     bc_actor = states.actor_bc

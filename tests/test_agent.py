@@ -185,11 +185,11 @@ def test_vmapped_seeds_are_independent_and_compile_once():
 
     train = agent.make_train_fn(cfg, nets, sample, num_steps=5)
     seeds = jnp.array([3, 4, 5])
-    states, metrics = train(agent.init_seeds(seeds, cfg, nets, OBS, D), data)
+    states, metrics = train(agent.init_learners(seeds, cfg, nets, OBS, D), data)
     states, metrics2 = train(states, data)
     assert metrics["critic_loss"].shape == (3, 5)
     order = np.array([2, 0, 1])  # the same seeds, each at another position with other neighbours
-    moved, m_moved = train(agent.init_seeds(seeds[order], cfg, nets, OBS, D), data)
+    moved, m_moved = train(agent.init_learners(seeds[order], cfg, nets, OBS, D), data)
     moved, m_moved2 = train(moved, data)
     assert len(traces) == 1  # four calls, one compilation
     for name in ("critic_loss", "actor_loss", "kl_hat", "lambda_eff"):

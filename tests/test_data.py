@@ -33,9 +33,9 @@ def test_parse_env_name():
     )
     info = names.parse_env_name('antmaze-large-navigate-singletask-task5-v0')
     assert info.dataset == 'antmaze-large-navigate-v0' and info.ogbench_env == 'antmaze-large-singletask-task5-v0'
-    assert info.spec.navigation
+    assert info.layout.navigation
     info = names.parse_env_name('puzzle-4x4-play-singletask-v0')  # default-task alias
-    assert info.task is None and info.ogbench_env == 'puzzle-4x4-singletask-v0' and info.spec.size_m == 10
+    assert info.task is None and info.ogbench_env == 'puzzle-4x4-singletask-v0' and info.layout.size_m == 10
     assert len(names.DOMAINS) == 11 and 'cube-single-play' in names.DOMAINS
 
 

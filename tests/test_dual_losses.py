@@ -76,7 +76,7 @@ def test_critic_target_and_loss_match_slow_loop_with_invalid_chunks():
     masks = np.array([1, 0, 1, 1, 0, 1.0])
     valid = np.array([1, 1, 0, 1, 0, 1.0])  # two chunks cross a trajectory end
     ref_y, ref_loss = reference_critic(next_q.tolist(), rewards, masks, q.tolist(), valid, gamma, horizon, rho)
-    y = losses.critic_target(jnp.asarray(next_q), rewards, masks, gamma, horizon, rho)
+    y = losses.td_target(jnp.asarray(next_q), rewards, masks, gamma, horizon, rho)
     np.testing.assert_allclose(y, ref_y, rtol=1e-5)
     np.testing.assert_allclose(losses.critic_loss(jnp.asarray(q), y, jnp.asarray(valid)), ref_loss, rtol=1e-5)
     # Invalid chunks contribute nothing: changing their Q values leaves the loss unchanged.

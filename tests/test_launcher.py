@@ -11,9 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import checkpointing, data, pipeline, spec
+from experiments import data
 from experiments.configs import quickstart
+from experiments.infra import checkpointing
 from experiments.policy import load_policy
+from experiments.runner import boundaries, context, program, spec
 
 ENV = "cube-single-play-singletask-task1-v0"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,26 +98,26 @@ def test_two_device_sharded_program_equals_single_device(dataset_dir, tmp_path):
 
 def test_bad_inputs_give_clear_errors(dataset_dir, tmp_path, monkeypatch):
     with pytest.raises(data.UnknownEnvError, match="cube-double-play"):
-        pipeline.run_task(tiny_config(dataset_dir, tmp_path, env_name="cube-sextuple-play-singletask-task1-v0"))
+        program.run_task(tiny_config(dataset_dir, tmp_path, env_name="cube-sextuple-play-singletask-task1-v0"))
     with pytest.raises(data.DatasetMissingError, match="make_dataset"):
-        pipeline.run_task(tiny_config(str(tmp_path / "empty"), tmp_path / "missing"))
+        program.run_task(tiny_config(str(tmp_path / "empty"), tmp_path / "missing"))
     assert not os.path.exists(tmp_path / "missing" / ENV)  # nothing created for a run that cannot start
     with pytest.raises(data.DatasetMissingError, match="internet"):
-        pipeline.run_task(tiny_config(str(tmp_path / "empty"), tmp_path / "nav",
+        program.run_task(tiny_config(str(tmp_path / "empty"), tmp_path / "nav",
                                       env_name="antmaze-large-navigate-singletask-task1-v0"))
     with pytest.raises(spec.ConfigError, match="log_every"):
-        pipeline.run_task(tiny_config(dataset_dir, tmp_path, offline_steps=120))
+        program.run_task(tiny_config(dataset_dir, tmp_path, offline_steps=120))
 
     # A NaN in a loss stops the run, names the step and the metric, and keeps the last good checkpoint.
-    real = pipeline.Context.offline_data
+    real = context.Context.offline_data
 
     def poisoned(self, step):
         shared = real(self, step)
         return shared._replace(data=shared.data._replace(rewards=shared.data.rewards * np.nan)) if step >= 100 else shared
 
-    monkeypatch.setattr(pipeline.Context, "offline_data", poisoned)
-    with pytest.raises(pipeline.TrainingDivergedError, match=r"non-finite \w+_loss .* step 150.*checkpoint \(step 100\)"):
-        pipeline.run_task(tiny_config(dataset_dir, tmp_path / "nan"))
+    monkeypatch.setattr(context.Context, "offline_data", poisoned)
+    with pytest.raises(boundaries.TrainingDivergedError, match=r"non-finite \w+_loss .* step 150.*checkpoint \(step 100\)"):
+        program.run_task(tiny_config(dataset_dir, tmp_path / "nan"))
     assert checkpointing.Checkpointer(os.path.join(run_dir(tmp_path / "nan"), "checkpoints")).steps() == [100]
 
 

@@ -97,14 +97,14 @@ def compiled_train(cfg, kind, states, data):
 
 @functools.lru_cache(maxsize=None)
 def _jitted_init(cfg):
-    # agent.init_seeds under one jit: run eagerly, its vmapped Flax init compiles every op (seconds).
+    # agent.init_learners under one jit: run eagerly, its vmapped Flax init compiles every op (seconds).
     nets = agent.make_networks(cfg, D)
-    return jax.jit(lambda seeds, hparams: agent.init_seeds(seeds, cfg, nets, OBS, D, hparams=hparams),
+    return jax.jit(lambda seeds, hparams: agent.init_learners(seeds, cfg, nets, OBS, D, hparams=hparams),
                    compiler_options=FAST_COMPILE)
 
 
 def init_states(cfg, seeds, hparams=None):
-    """Fresh states of `agent.init_seeds` (learner i seeded with seeds[i]); the train fns donate them."""
+    """Fresh states of `agent.init_learners` (learner i seeded with seeds[i]); the train fns donate them."""
     return _jitted_init(cfg)(jnp.asarray(seeds, jnp.int32), hparams)
 
 
@@ -181,7 +181,7 @@ def test_tasks_and_seeds_equal_single_task_runs():
 def test_hyperparameter_axis_equals_separate_configs(method, field, values):
     """Learner i has task TASKS[i] and the value values[i % 2] in its state; all share one seed.
 
-    Each equals a separate run whose AgentConfig holds that value (and whose state has it from init_seeds).
+    Each equals a separate run whose AgentConfig holds that value (and whose state has it from init_learners).
     The first value is the config's default, so that run shares a program with the other tests; were
     the update to read the config's value instead of the state's, the check that the values bite fails.
     """
@@ -252,7 +252,7 @@ def test_hparams_and_tasks_share_one_compiled_program():
                                 STEPS, data_in_axes=chunks.TASK_OFFLINE_IN_AXES)
     domain = domain_data(domain_arrays())
     sweeps = [
-        (None, [0, 0, 1, 1]),  # the config's scalars, broadcast by vmap in init_seeds
+        (None, [0, 0, 1, 1]),  # the config's scalars, broadcast by vmap in init_learners
         (agent.hyperparams(cfg, kl_budget=np.array([0.5, 1.0, 2.0, 4.0])), [1, 0, 1, 0]),
         (agent.hyperparams(cfg, kl_budget=np.array([0.05, 0.1, 0.2, 0.3]), dual_lr=np.full(4, 0.1),
                            lam_scale=np.array([1.0, 2.0, 3.0, 4.0])), [1, 1, 1, 0]),

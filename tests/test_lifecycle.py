@@ -16,8 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import checkpointing, evaluation, pipeline, spec
-from experiments.preemption import Interrupted, Preemption
+from experiments import evaluation
+from experiments.infra import checkpointing
+from experiments.infra.preemption import Interrupted, Preemption
+from experiments.runner import bc, boundaries, context, plan, program, run_directory, spec
 from tests.test_launcher import ENV, ROOT, TINY, read_csv, tiny_config
 
 # Offline only, so that a resumed run is exact; saves at every log row, to stop inside any phase.
@@ -47,7 +49,7 @@ def leftovers(out):
 def whole(dataset_dir, tmp_path_factory):
     """The uninterrupted reference run (and its BC cache)."""
     out = tmp_path_factory.mktemp("whole")
-    pipeline.run_task(tiny_config(dataset_dir, out, **LIFE))
+    program.run_task(tiny_config(dataset_dir, out, **LIFE))
     return out
 
 
@@ -70,7 +72,7 @@ class SignalAt:
 def run_with_signals(config, resume=False):
     preempt = Preemption().install()
     try:
-        return pipeline.run_task(config, resume=resume, preempt=preempt)
+        return program.run_task(config, resume=resume, preempt=preempt)
     finally:
         preempt.uninstall()
 
@@ -82,7 +84,7 @@ def test_signal_in_every_phase_then_resume_equals_uninterrupted_run(dataset_dir,
     config = tiny_config(dataset_dir, tmp_path, **LIFE, eval_async=False)
     # 1. SIGTERM during BC pretraining: BC stops at its next scan boundary with a checkpoint there.
     with monkeypatch.context() as m:
-        SignalAt(m, pipeline.Context, "offline_data", signal.SIGTERM, lambda self, step: True)
+        SignalAt(m, context.Context, "offline_data", signal.SIGTERM, lambda self, step: True)
         with pytest.raises(Interrupted) as stop:
             run_with_signals(config)
     assert (stop.value.exit_code, stop.value.phase, stop.value.step) == (143, "bc", 50)
@@ -97,7 +99,7 @@ def test_signal_in_every_phase_then_resume_equals_uninterrupted_run(dataset_dir,
     assert "resuming" in capsys.readouterr().out.lower()  # a resumed BC says so
     # 3. SIGTERM inside the training loop: it stops after the running scan, saving there (step 200).
     with monkeypatch.context() as m:
-        SignalAt(m, pipeline.Context, "offline_data", signal.SIGTERM, lambda self, step: step == 150)
+        SignalAt(m, context.Context, "offline_data", signal.SIGTERM, lambda self, step: step == 150)
         with pytest.raises(Interrupted) as stop:
             run_with_signals(config, resume=True)
     assert (stop.value.phase, stop.value.step) == ("offline", 200)
@@ -137,7 +139,7 @@ def test_online_signal_stops_at_a_chunk_boundary_and_resumes(dataset_dir, whole,
     assert [r["step"] for r in train if r["phase"] == "online"] == ["350", "350"]
     # Online update timing: one update per env step after online_start_steps (25 of the 50 env steps),
     # run as H = 5 updates after each chunk of 5 env steps.
-    like, _ = pipeline._state_target(config, spec.resolve(config))
+    like, _ = run_directory._state_target(config.num_seeds, spec.resolve(config))
     with checkpointing.Checkpointer(os.path.join(run_path(out), "checkpoints")) as ckpt:
         step, states, _, _ = ckpt.restore(like, items=("state",))
     assert step == 350 and np.asarray(states.step).tolist() == [300 + 50 - 25] * 2
@@ -166,9 +168,9 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_trained_through(dataset_di
         os.rename(os.path.join(ckpt, "250"), os.path.join(ckpt, "250.keep"))
         os.rename(os.path.join(ckpt, "250.keep"), os.path.join(ckpt, "250"))
     config = tiny_config(dataset_dir, out, **LIFE)
-    with pytest.raises(pipeline.RunDirExistsError, match="--resume"):  # without --resume: refused, untouched
-        pipeline.run_task(config)
-    pipeline.run_task(config, resume=True)
+    with pytest.raises(run_directory.RunDirExistsError, match="--resume"):  # without --resume: refused, untouched
+        program.run_task(config)
+    program.run_task(config, resume=True)
     said = capsys.readouterr().err
     assert "damaged" in said or "left over" in said
     moved = os.listdir(os.path.join(run_path(out), "checkpoints_damaged"))
@@ -176,34 +178,34 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_trained_through(dataset_di
     assert steps_in(ckpt)[-1] == 300
     same_logs(run_path(whole), run_path(out))
     # A second requeue is clean: nothing left to trip over, and the run is finished.
-    pipeline.run_task(config, resume=True)
+    program.run_task(config, resume=True)
     assert "already finished" in capsys.readouterr().out
 
 
 def test_bc_cache_is_shared_by_an_eps_sweep_and_qam_and_survives_damage(dataset_dir, whole, tmp_path, capsys):
     out = tmp_path / "sweep"
-    shutil.copytree(os.path.join(str(whole), pipeline.BC_DIR), os.path.join(str(out), pipeline.BC_DIR))
-    bc_ckpt = os.path.join(str(out), pipeline.BC_DIR, "cube-single-play", "checkpoints")
+    shutil.copytree(os.path.join(str(whole), bc.BC_DIR), os.path.join(str(out), bc.BC_DIR))
+    bc_ckpt = os.path.join(str(out), bc.BC_DIR, "cube-single-play", "checkpoints")
     # A budget and another method reuse the cached BC; each gets its own run dir.
     short = {"offline_steps": 50, "eval_every": 50, "save_every": 50}
-    pipeline.run_task(tiny_config(dataset_dir, out, **short, **{"agent.kl_budget": 0.5}))
+    program.run_task(tiny_config(dataset_dir, out, **short, **{"agent.kl_budget": 0.5}))
     assert "reusing" in capsys.readouterr().out
-    pipeline.run_task(tiny_config(dataset_dir, out, **short, method="qam"))
+    program.run_task(tiny_config(dataset_dir, out, **short, method="qam"))
     assert "reusing" in capsys.readouterr().out
     assert os.path.isdir(run_path(out, "trqam_eps0.5")) and os.path.isdir(run_path(out, "qam"))
     # A damaged BC cache is moved aside and BC is trained again, to the same result.
     for path in glob.glob(os.path.join(bc_ckpt, "100", "state", "**", "manifest.ocdbt"), recursive=True):
         os.remove(path)
     task2 = ENV.replace("task1", "task2")  # another task of the domain
-    pipeline.run_task(tiny_config(dataset_dir, out, **short, env_name=task2))
+    program.run_task(tiny_config(dataset_dir, out, **short, env_name=task2))
     assert "damaged" in capsys.readouterr().err
     assert os.listdir(bc_ckpt + "_damaged")
-    with open(os.path.join(str(whole), pipeline.BC_DIR, "cube-single-play", "train.csv")) as f, \
+    with open(os.path.join(str(whole), bc.BC_DIR, "cube-single-play", "train.csv")) as f, \
             open(os.path.join(os.path.dirname(bc_ckpt), "train.csv")) as g:
         assert f.read() == g.read()
     # Other BC settings are reported as such, naming the field, and the valid cache is kept.
-    with pytest.raises(pipeline.ConfigMismatchError, match=r"other settings: agent.width 16 -> 32") as err:
-        pipeline.run_task(tiny_config(dataset_dir, out, **short, env_name=ENV.replace("task1", "task3"),
+    with pytest.raises(run_directory.ConfigMismatchError, match=r"other settings: agent.width 16 -> 32") as err:
+        program.run_task(tiny_config(dataset_dir, out, **short, env_name=ENV.replace("task1", "task3"),
                                       **{"agent.width": 32}))
     assert "corrupt" not in str(err.value) and "elete" not in str(err.value)
 
@@ -211,36 +213,36 @@ def test_bc_cache_is_shared_by_an_eps_sweep_and_qam_and_survives_damage(dataset_
 def test_failed_first_attempt_never_blocks_its_rerun(dataset_dir, tmp_path, monkeypatch, capsys):
     # A value out of range is refused before anything is written.
     with pytest.raises(spec.ConfigError, match=r"config.agent.batch_size=0 .* >= 1"):
-        pipeline.run_task(tiny_config(dataset_dir, tmp_path, **{"agent.batch_size": 0}))
+        program.run_task(tiny_config(dataset_dir, tmp_path, **{"agent.batch_size": 0}))
     assert not os.path.exists(run_path(tmp_path))
     # A NaN before the first checkpoint: the message says so, and the same command then starts afresh.
-    real = pipeline.Context.offline_data
+    real = context.Context.offline_data
     with monkeypatch.context() as m:
-        m.setattr(pipeline.Context, "offline_data",
+        m.setattr(context.Context, "offline_data",
                   lambda self, step: real(self, step)._replace(
                       data=real(self, step).data._replace(rewards=real(self, step).data.rewards * np.nan)))
-        with pytest.raises(pipeline.TrainingDivergedError, match="no checkpoint had been saved yet") as err:
-            pipeline.run_task(tiny_config(dataset_dir, tmp_path, **LIFE))
+        with pytest.raises(boundaries.TrainingDivergedError, match="no checkpoint had been saved yet") as err:
+            program.run_task(tiny_config(dataset_dir, tmp_path, **LIFE))
     assert "None" not in str(err.value)
     config = tiny_config(dataset_dir, tmp_path, offline_steps=100, save_every=50)
-    pipeline.run_task(config)
+    program.run_task(config)
     assert "starting it afresh" in capsys.readouterr().out
     # Extending a finished run: raising offline_steps continues it to the new end; lowering is refused.
-    pipeline.run_task(tiny_config(dataset_dir, tmp_path, offline_steps=150, save_every=50), resume=True)
+    program.run_task(tiny_config(dataset_dir, tmp_path, offline_steps=150, save_every=50), resume=True)
     assert steps_in(os.path.join(run_path(tmp_path), "checkpoints"))[-1] == 150
-    with pytest.raises(pipeline.ConfigMismatchError, match="offline_steps can only be raised"):
-        pipeline.run_task(tiny_config(dataset_dir, tmp_path, offline_steps=100, save_every=50), resume=True)
+    with pytest.raises(run_directory.ConfigMismatchError, match="offline_steps can only be raised"):
+        program.run_task(tiny_config(dataset_dir, tmp_path, offline_steps=100, save_every=50), resume=True)
     # A moved run dir (and dataset dir) resumes: paths are not part of a run's identity.
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / ENV, moved / ENV)
     data_copy = tmp_path / "data_copy"
     shutil.copytree(dataset_dir, data_copy)
     capsys.readouterr()
-    pipeline.run_task(tiny_config(str(data_copy), moved, offline_steps=150, save_every=50), resume=True)
+    program.run_task(tiny_config(str(data_copy), moved, offline_steps=150, save_every=50), resume=True)
     assert "already finished" in capsys.readouterr().out
     # Any other change is refused on resume, naming the field.
-    with pytest.raises(pipeline.ConfigMismatchError, match="agent.learning_rate"):
-        pipeline.run_task(tiny_config(dataset_dir, moved, offline_steps=150, save_every=50,
+    with pytest.raises(run_directory.ConfigMismatchError, match="agent.learning_rate"):
+        program.run_task(tiny_config(dataset_dir, moved, offline_steps=150, save_every=50,
                                       **{"agent.learning_rate": 1e-3}), resume=True)
 
 
@@ -333,26 +335,26 @@ def test_reference_bc_checkpoint_is_used_as_the_bc_stage(dataset_dir, whole, tmp
     config = tiny_config(dataset_dir, whole, **LIFE)
     task = spec.resolve(config)
     bc = dataclasses.replace(task.bc, num_critics=1)
-    like = agent.init_seeds(np.arange(2), bc, agent.make_networks(bc, 25), 28, 25)
-    bc_dir = os.path.join(str(whole), pipeline.BC_DIR, "cube-single-play", "checkpoints")
+    like = agent.init_learners(np.arange(2), bc, agent.make_networks(bc, 25), 28, 25)
+    bc_dir = os.path.join(str(whole), bc.BC_DIR, "cube-single-play", "checkpoints")
     with checkpointing.Checkpointer(bc_dir) as ckpt:
-        actors = ckpt.restore(like, items=("state",))[1].actor_bc
+        actors = ckpt.restore(like, items=("state",)).state.actor_bc
     for seed in (0, 1):
         mlp = jax.tree_util.tree_map(lambda x: np.asarray(x[seed]), actors)["params"]["MLP_0"]
         write_reference_pickle(tmp_path / f"params_seed{seed}.pkl", {"modules_actor_slow": {"mlp": mlp}})
     pattern = str(tmp_path / "params_seed{seed}.pkl")
     out = tmp_path / "imported"
     short = {"offline_steps": 50, "eval_every": 50, "save_every": 50, "bc_checkpoint": pattern}
-    pipeline.run_task(tiny_config(dataset_dir, out, **short))
-    assert not os.path.exists(os.path.join(str(out), pipeline.BC_DIR))  # no BC was trained
+    program.run_task(tiny_config(dataset_dir, out, **short))
+    assert not os.path.exists(os.path.join(str(out), bc.BC_DIR))  # no BC was trained
     ours, theirs = (read_csv(os.path.join(run_path(d), "train.csv")) for d in (out, whole))
     assert ours == theirs[:2]
     assert read_csv(os.path.join(run_path(out), "eval.csv"))[:2] == read_csv(os.path.join(run_path(whole), "eval.csv"))[:2]
     # Another network shape: one line naming the first mismatched parameter and both shapes.
-    from experiments.reference_checkpoint import ReferenceCheckpointError
+    from experiments.infra.reference_checkpoint import ReferenceCheckpointError
 
     with pytest.raises(ReferenceCheckpointError, match=r"Dense_0/bias has shape \(16,\); this run expects \(32,\)"):
-        pipeline.run_task(tiny_config(dataset_dir, tmp_path / "wide", **short, **{"agent.width": 32}))
+        program.run_task(tiny_config(dataset_dir, tmp_path / "wide", **short, **{"agent.width": 32}))
 
 
 def test_wandb_offline_logs_the_csv_metrics_per_seed_and_mean(dataset_dir, whole, tmp_path, monkeypatch):
@@ -366,8 +368,8 @@ def test_wandb_offline_logs_the_csv_metrics_per_seed_and_mean(dataset_dir, whole
     real_log = wandb.Run.log
     monkeypatch.setattr(wandb.Run, "log", lambda self, row, *a, **k: sent.append(dict(row)) or real_log(self, row, *a, **k))
     out = tmp_path / "wb"
-    shutil.copytree(os.path.join(str(whole), pipeline.BC_DIR), os.path.join(str(out), pipeline.BC_DIR))
-    pipeline.run_task(tiny_config(dataset_dir, out, offline_steps=100, eval_every=50, save_every=50,
+    shutil.copytree(os.path.join(str(whole), bc.BC_DIR), os.path.join(str(out), bc.BC_DIR))
+    program.run_task(tiny_config(dataset_dir, out, offline_steps=100, eval_every=50, save_every=50,
                                   **{"wandb.project": "trqam-test"}))
     assert glob.glob(os.path.join(run_path(out), "wandb", "offline-run-*", "run-*.wandb"))
     train = [r for r in sent if "offline/critic_loss" in r]
@@ -431,7 +433,7 @@ def test_resume_purges_tensorboard_past_the_checkpoint(dataset_dir, whole, tmp_p
     shutil.copytree(whole, out)
     shutil.rmtree(os.path.join(run_path(out), "checkpoints", "300"))  # the run resumes from step 250
     before = set(glob.glob(os.path.join(run_path(out), "tensorboard", "events.*")))
-    pipeline.run_task(tiny_config(dataset_dir, out, **LIFE), resume=True)
+    program.run_task(tiny_config(dataset_dir, out, **LIFE), resume=True)
     (new,) = set(glob.glob(os.path.join(run_path(out), "tensorboard", "events.*"))) - before
     events = _events(new)
     purge = [e for e in events if e.HasField("session_log")]
@@ -444,7 +446,7 @@ def test_auto_generation_refuses_a_layout_the_task_cannot_use(tmp_path):
     config = tiny_config(str(tmp_path / "empty"), tmp_path / "out", generate_missing_data=True,
                          env_name="cube-quadruple-play-singletask-task1-v0")
     with pytest.raises(Exception, match=r"100M transitions in 1M shards.*make_dataset --dataset=cube-quadruple-play-100m-v0 --dataset_dir="):
-        pipeline.run_task(config)
+        program.run_task(config)
     assert not os.path.exists(tmp_path / "empty") or not os.listdir(tmp_path / "empty")
     assert not os.path.exists(tmp_path / "out" / "cube-quadruple-play-singletask-task1-v0")
 
@@ -485,14 +487,14 @@ def test_resume_with_other_shapes_is_refused_and_changes_nothing(dataset_dir, wh
     out = tmp_path / "copy"
     shutil.copytree(whole, out)
     before = snapshot(out)
-    with pytest.raises(pipeline.ConfigMismatchError, match=rf"{field}: \S+ -> {value}.*nothing was changed"):
-        pipeline.run_task(tiny_config(dataset_dir, out, **LIFE, **{field: value}), resume=True)
+    with pytest.raises(run_directory.ConfigMismatchError, match=rf"{field}: \S+ -> {value}.*nothing was changed"):
+        program.run_task(tiny_config(dataset_dir, out, **LIFE, **{field: value}), resume=True)
     assert snapshot(out) == before
     # Without config.json the newest checkpoint's own config is compared, before any array is read.
     os.remove(os.path.join(run_path(out), "config.json"))
     before = snapshot(out)
-    with pytest.raises(pipeline.ConfigMismatchError, match=field):
-        pipeline.run_task(tiny_config(dataset_dir, out, **LIFE, **{field: value}), resume=True)
+    with pytest.raises(run_directory.ConfigMismatchError, match=field):
+        program.run_task(tiny_config(dataset_dir, out, **LIFE, **{field: value}), resume=True)
     assert snapshot(out) == before
 
 
@@ -517,7 +519,7 @@ def test_a_checkpoint_of_other_shapes_is_refused_not_moved_and_an_older_one_is_f
 
     def state(num_critics):
         cfg = agent.AgentConfig(hidden_dims=(8, 8), num_critics=num_critics, flow_steps=3)
-        return agent.init_seeds([0, 1], cfg, agent.make_networks(cfg, 6), 4, 6)
+        return agent.init_learners([0, 1], cfg, agent.make_networks(cfg, 6), 4, 6)
 
     saved = state(2)
     directory = str(tmp_path / "checkpoints")
@@ -645,13 +647,14 @@ def test_two_jobs_never_train_one_run_dir_and_repeated_signals_stop_at_once(data
     assert said[0].startswith("Interrupted (SIGTERM)") and said[0].endswith("--resume.")
     assert "Traceback" not in err and "Exception ignored" not in err
     # The lock went with the job.
-    with pipeline.run_dir_locks([run_path(out)]):
+    with run_directory.run_dir_locks([run_path(out)]):
         pass
 
 
 KILL_DURING_SAVE = """
 import os, signal, sys
-from experiments import checkpointing, learners, pipeline
+from experiments.infra import checkpointing
+from experiments.runner import plan, program
 from tests.test_launcher import tiny_config
 real = checkpointing.Checkpointer.save
 def save(self, step, *args, **kwargs):
@@ -660,7 +663,7 @@ def save(self, step, *args, **kwargs):
     return real(self, step, *args, **kwargs)
 checkpointing.Checkpointer.save = save
 config = tiny_config(sys.argv[1], sys.argv[2], env_name="cube-single-play", tasks="1,2", eval_async=False)
-pipeline.run_program(config, learners.task_names(config))
+program.run_program(config, plan.task_names(config))
 """
 
 
@@ -670,7 +673,7 @@ def test_tensorboard_has_every_csv_point_after_kill_9_during_a_save(dataset_dir,
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     config = tiny_config(dataset_dir, out, env_name="cube-single-play", tasks="1,2", eval_async=False)
-    pipeline.run_program(config, __import__("experiments.learners").learners.task_names(config), resume=True)
+    program.run_program(config, plan.task_names(config), resume=True)
     for task in (ENV, ENV.replace("task1", "task2")):
         run = os.path.join(str(out), task, "trqam")
         # What TensorBoard shows: per tag, the last event of each step, once later files' purge markers
@@ -726,7 +729,7 @@ def test_a_run_dir_written_by_the_previous_version_resumes(dataset_dir, tmp_path
     run = run_path(out)
     before = read_csv(os.path.join(run, "train.csv"))
     config = tiny_config(dataset_dir, out, offline_steps=150, save_every=50, eval_every=50, online_start_steps=5000)
-    pipeline.run_task(config, resume=True)
+    program.run_task(config, resume=True)
     said = capsys.readouterr()
     assert f"Resuming {run} from step 100" in said.out, said.out
     assert not os.path.exists(os.path.join(run, "checkpoints_damaged")) and "damaged" not in said.err

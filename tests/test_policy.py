@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from experiments import pipeline
+from experiments.runner import program
 from tests.test_launcher import ENV, ROOT, run_dir, tiny_config
 
 EVAL_STEPS = 25  # TINY's eval_steps; the ogbench default for cube-single is 200.
@@ -20,7 +20,7 @@ EVAL_STEPS = 25  # TINY's eval_steps; the ogbench default for cube-single is 200
 def tiny_run(dataset_dir, tmp_path_factory):
     """2 seeds, checkpoints at steps 100 and 200, eval_steps 25 (in task.json)."""
     out = tmp_path_factory.mktemp("runs")
-    pipeline.run_task(tiny_config(dataset_dir, out))
+    program.run_task(tiny_config(dataset_dir, out))
     path = run_dir(out)
     with open(os.path.join(path, "task.json")) as f:
         assert json.load(f)["eval_steps"] == EVAL_STEPS
@@ -119,7 +119,7 @@ def _damage_policy_data(run_dir, step=200):
 def test_damaged_policy_item_prints_no_traceback(tiny_run, tmp_path, monkeypatch):
     # orbax leaves the pending reads of a failed restore as coroutines that Python reports, when they
     # are collected, as a 65-line 'Exception ignored in: <coroutine _read_array_index_and_device_put>'
-    # (about 1 run in 3 before the filter in experiments/checkpointing.py).
+    # (about 1 run in 3 before the filter in experiments/infra/checkpointing.py).
     import gc
 
     from experiments import policy

@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import checkpointing, files, learners, pipeline, spec
-from experiments.preemption import Interrupted, Preemption
+from experiments.infra import checkpointing, files
+from experiments.infra.preemption import Interrupted, Preemption
+from experiments.runner import context, phases, plan, program, run_directory, spec
 from tests.test_launcher import ENV, read_csv, tiny_config
 from tests.test_lifecycle import SignalAt
 
@@ -27,22 +28,22 @@ def run_path(out, env_name, eps):
     return os.path.join(str(out), env_name, f"trqam_eps{eps:g}")
 
 
-def program(dataset_dir, out, **overrides):
+def train_domain(dataset_dir, out, **overrides):
     config = tiny_config(dataset_dir, out, **{**PROGRAM, **overrides})
-    return pipeline.run_program(config, learners.task_names(config))
+    return program.run_program(config, plan.task_names(config))
 
 
 def restore(run_dir):
     with checkpointing.Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True) as c:
         step = c.steps()[-1]
         meta = c.read_meta(step)
-        return step, c.restore(pipeline._state_target(*_config_and_spec(meta))[0], step=step)[1]
+        return step, c.restore(run_directory._state_target(*_num_seeds_and_spec(meta))[0], step=step).state
 
 
-def _config_and_spec(meta):
+def _num_seeds_and_spec(meta):
     config = tiny_config("unused", "unused", **{k: v for k, v in PROGRAM.items() if k not in ("tasks", "sweep.kl_budget",
                                                                                               "env_name")})
-    return config, spec.resolve(config, meta["env_name"])
+    return config.num_seeds, spec.resolve(config, meta["env_name"])
 
 
 def metrics(run_dir):
@@ -53,7 +54,7 @@ def metrics(run_dir):
 @pytest.fixture(scope="module")
 def whole(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("program")
-    run_dirs = program(dataset_dir, out)
+    run_dirs = train_domain(dataset_dir, out)
     assert sorted(run_dirs) == sorted(run_path(out, *r) for r in RUNS)
     return out
 
@@ -61,11 +62,11 @@ def whole(dataset_dir, tmp_path_factory):
 def test_program_of_tasks_and_budgets_equals_separate_runs(dataset_dir, whole, tmp_path):
     # One of the four runs (the other task, the other budget) as a separate single-task command.
     for env_name, eps in (RUNS[3],):
-        pipeline.run_task(tiny_config(dataset_dir, tmp_path, **{**PROGRAM, "tasks": "", "sweep.kl_budget": "",
+        program.run_task(tiny_config(dataset_dir, tmp_path, **{**PROGRAM, "tasks": "", "sweep.kl_budget": "",
                                                                  "agent.kl_budget": eps}), env_name)
     # All four as programs of one run each: the memory groups (config.learners_per_program).
     grouped = tmp_path / "grouped"
-    program(dataset_dir, grouped, learners_per_program=2)
+    train_domain(dataset_dir, grouped, learners_per_program=2)
     for env_name, eps in RUNS:
         reference = metrics(run_path(whole, env_name, eps))
         np.testing.assert_allclose(metrics(run_path(grouped, env_name, eps)), reference, rtol=2e-4, atol=1e-5)
@@ -96,26 +97,26 @@ def _leaves(tree):
 
 def test_program_resumes_exactly_after_sigterm(dataset_dir, whole, tmp_path, monkeypatch):
     config = tiny_config(dataset_dir, tmp_path, **PROGRAM)
-    names = learners.task_names(config)
+    names = plan.task_names(config)
     with monkeypatch.context() as m:
-        SignalAt(m, pipeline.Context, "offline_data", signal.SIGTERM,
-                 lambda self, step: step == 50 and len(self.seeds) == 8)
+        SignalAt(m, context.Context, "offline_data", signal.SIGTERM,
+                 lambda self, step: step == 50 and len(self.learner_seeds) == 8)
         with pytest.raises(Interrupted):
             preempt = Preemption().install()
             try:
-                pipeline.run_program(config, names, preempt=preempt)
+                program.run_program(config, names, preempt=preempt)
             finally:
                 preempt.uninstall()
     for r in RUNS:
         assert checkpointing.Checkpointer(os.path.join(run_path(tmp_path, *r), "checkpoints")).steps()[-1] == 100
-    pipeline.run_program(config, names, resume=True)
+    program.run_program(config, names, resume=True)
     for r in RUNS:
         for name in ("train.csv", "eval.csv"):
             with open(os.path.join(run_path(tmp_path, *r), name)) as f, \
                     open(os.path.join(run_path(whole, *r), name)) as g:
                 assert f.read() == g.read(), (r, name)
     # Resumed again: every run is finished, nothing runs.
-    assert sorted(pipeline.run_program(config, names, resume=True)) == sorted(run_path(tmp_path, *r) for r in RUNS)
+    assert sorted(program.run_program(config, names, resume=True)) == sorted(run_path(tmp_path, *r) for r in RUNS)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -133,24 +134,24 @@ def test_bad_programs_are_one_line(dataset_dir, tmp_path, overrides, message):
 
     config = tiny_config(dataset_dir, tmp_path, **{**PROGRAM, **overrides})
     with pytest.raises((spec.ConfigError, data.DataError), match=message):
-        learners.plan(config, learners.task_names(config), pipeline.run_dir_of)
+        plan.plan(config, plan.task_names(config))
     assert not os.listdir(tmp_path)
 
 
 def test_runs_are_grouped_by_starting_point_and_by_what_fits(monkeypatch, capsys):
     """group_runs against a hand count: an estimate of 100 bytes per run and 250 bytes free fit 2 runs
     (4 -> 2 halvings until 0.9 * 250 holds them); a set size is rounded down to whole runs."""
-    fresh = [pipeline.Resumable(run=f"run{i}") for i in range(4)]
-    resumed = pipeline.Resumable(run="late", restored=(100, None, None, {"phase": "offline"}))
+    fresh = [run_directory.Resumable(run=f"run{i}") for i in range(4)]
+    resumed = run_directory.Resumable(run="late", restored=checkpointing.Restored(100, None, None, {"phase": "offline"}))
     config = tiny_config("unused", "unused")
-    monkeypatch.setattr(pipeline, "free_memory_bytes", lambda: 250)
-    groups = pipeline.group_runs(config, fresh + [resumed], 2, estimate=lambda runs: 100 * runs)
+    monkeypatch.setattr(program, "free_memory_bytes", lambda: 250)
+    groups = program.group_runs(config, fresh + [resumed], 2, estimate=lambda runs: 100 * runs)
     assert [[r.run for r in g] for g in groups] == [["run0", "run1"], ["run2", "run3"], ["late"]]
-    monkeypatch.setattr(pipeline, "free_memory_bytes", lambda: None)  # not known: everything in one
-    groups = pipeline.group_runs(config, fresh, 2, estimate=lambda runs: 10**12)
+    monkeypatch.setattr(program, "free_memory_bytes", lambda: None)  # not known: everything in one
+    groups = program.group_runs(config, fresh, 2, estimate=lambda runs: 10**12)
     assert [len(g) for g in groups] == [4]
     config = tiny_config("unused", "unused", learners_per_program=5)  # 2 whole runs of 2 seeds
-    groups = pipeline.group_runs(config, fresh, 2)
+    groups = program.group_runs(config, fresh, 2)
     assert [len(g) for g in groups] == [2, 2]
     assert "not a multiple" in capsys.readouterr().out
 
@@ -159,8 +160,8 @@ def test_a_suite_slice_runs_one_program_per_domain():
     """--suite=ogbench50 --shard=i/10 is one domain; a slice across two domains is two programs."""
     config = tiny_config("unused", "unused", suite="ogbench50")
     one = spec.task_list(config, "3/10")
-    assert learners.programs(one) == [tuple(f"humanoidmaze-large-navigate-singletask-task{t}-v0" for t in range(1, 6))]
-    two = learners.programs(spec.task_list(config, "1/3"))  # tasks 16..32: the end of one domain, two, the start
+    assert plan.by_domain(one) == [tuple(f"humanoidmaze-large-navigate-singletask-task{t}-v0" for t in range(1, 6))]
+    two = plan.by_domain(spec.task_list(config, "1/3"))  # tasks 16..32: the end of one domain, two, the start
     assert [len(p) for p in two] == [4, 5, 5, 3] and all(len({n.split("-singletask")[0] for n in p}) == 1
                                                          for p in two)
 
@@ -171,25 +172,25 @@ def test_the_online_phase_runs_with_its_own_budget_in_a_program_and_alone(datase
     equals the same run trained alone."""
     online = {"online_steps": 50, "online_kl_budget": 0.125, "num_seeds": 1, "offline_steps": 100}
     config = tiny_config(dataset_dir, tmp_path / "program", **{**PROGRAM, **online})
-    runs = learners.plan(config, learners.task_names(config), pipeline.run_dir_of)
-    team = learners.Learners(tuple(runs), (config.seed,))
+    runs = plan.plan(config, plan.task_names(config))
+    team = plan.Learners(tuple(runs), (config.seed,))
     # The table, by hand: runs are (task1, 0.5), (task1, 2), (task2, 0.5), (task2, 2) with one seed each.
     np.testing.assert_array_equal(team.hparams("offline").kl_budget, [0.5, 2.0, 0.5, 2.0])
     np.testing.assert_array_equal(team.hparams("online").kl_budget, [0.125] * 4)
     seen = []
-    real = pipeline.compile_train
+    real = context.compile_train
 
     def compile_train(train, states, data_example, label):
         seen.append((label.split()[-1], np.asarray(states.hparams.kl_budget).tolist()))
         return real(train, states, data_example, label)
 
-    monkeypatch.setattr(pipeline, "compile_train", compile_train)
-    pipeline.run_program(config, learners.task_names(config))
+    monkeypatch.setattr(phases, "compile_train", compile_train)  # where the phases call it
+    program.run_program(config, plan.task_names(config))
     assert ("offline", [0.5, 2.0, 0.5, 2.0]) in seen and ("online", [0.125] * 4) in seen
     # The same run alone (task 2, offline eps 2, online eps 0.125) equals its share of the program.
     alone = tiny_config(dataset_dir, tmp_path / "alone", **{**PROGRAM, **online, "tasks": "", "sweep.kl_budget": "",
                                                           "agent.kl_budget": 2.0})
-    pipeline.run_task(alone, TASK2)
+    program.run_task(alone, TASK2)
     assert ("online", [0.125]) in seen
     rows = {}
     for name, out in (("program", tmp_path / "program"), ("alone", tmp_path / "alone")):

@@ -1,4 +1,4 @@
-"""experiments/reference_checkpoint.py against checkpoints written in the reference layout.
+"""experiments/infra/reference_checkpoint.py against checkpoints written in the reference layout.
 
 The reference networks are rebuilt here, independently of trqam_jax.networks, from the reference
 code's description: a flax ModuleDict whose submodules are named modules_<key>; a velocity field that
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import reference_checkpoint as rc
+from experiments.infra import reference_checkpoint as rc
 from trqam_jax.networks import CriticEnsemble, VelocityField
 
 OBS, CHUNK, HIDDEN = 7, 6, (16, 16, 16)
@@ -259,7 +259,7 @@ import sys
 
 import numpy.testing._private.utils as np_testing_utils
 
-from experiments import safe_pickle
+from experiments.infra import safe_pickle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

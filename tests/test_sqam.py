@@ -354,7 +354,7 @@ def fingerprint(method):
         data = Batch(jax.random.normal(k[0], (n, 3)), jnp.clip(0.7 * jax.random.normal(k[1], (n, 2, 2)), -1, 1),
                      jax.random.normal(k[2], (n,)), (jnp.arange(n) % 3 != 0).astype(jnp.float32),
                      jax.random.normal(k[3], (n, 3)), (jnp.arange(n) % 4 != 1).astype(jnp.float32))
-        return agent.init_seeds(jnp.array([0, 5]), cfg, nets, 3, 4), data
+        return agent.init_learners(jnp.array([0, 5]), cfg, nets, 3, 4), data
 
     states, data = fast_jit(inputs)()
     train = agent.make_train_fn(cfg, nets, agent.uniform_sampler(8), 3)
@@ -392,14 +392,16 @@ def test_sqam_program_trains_checkpoints_resumes_reports_and_shares_bc(dataset_d
     """--method=sqam with a value-penalty axis: one program, run dirs sqam_gap0 and sqam_gap0.3, each with
     its c in train.csv and its checkpoints; a resume finds them finished; the report reads them; the
     policy loads; and the BC cache is the domain's, shared with the other methods."""
-    from experiments import checkpointing, learners, pipeline, report, spec
+    from experiments import report
+    from experiments.infra import checkpointing
     from experiments.policy import load_policy
+    from experiments.runner import bc, plan, program, spec
     from tests.test_launcher import ENV, read_csv, tiny_config
 
     overrides = dict(method="sqam", num_seeds=1, offline_steps=100, eval_every=100, save_every=100, bc_steps=50,
                      eval_async=False, **{"sweep.gap_reg_coef": "0,0.3", "agent.n_bridge": 3})
     config = tiny_config(dataset_dir, tmp_path, **overrides)
-    run_dirs = pipeline.run_program(config, learners.task_names(config))
+    run_dirs = program.run_program(config, plan.task_names(config))
     assert [os.path.basename(d) for d in run_dirs] == ["sqam_gap0", "sqam_gap0.3"]
     assert "Program of 2 learners (1 task x 2 budgets x 1 seed)" in capsys.readouterr().out
     for run_dir, gap in zip(run_dirs, (0.0, 0.3)):
@@ -414,7 +416,7 @@ def test_sqam_program_trains_checkpoints_resumes_reports_and_shares_bc(dataset_d
             task = json.load(f)
         assert task["offline"]["kl_budget"] == 0.5 and task["offline"]["gap_reg_coef"] == gap  # SQAM's eps
     # A resume of the same program finds both runs finished; the report and the policy read them.
-    assert pipeline.run_program(config, learners.task_names(config), resume=True) == run_dirs
+    assert program.run_program(config, plan.task_names(config), resume=True) == run_dirs
     assert "already finished" in capsys.readouterr().out
     rows = report.stats.aggregate(report.runs.load_runs(str(tmp_path)), "offline")
     assert {r.method for r in rows if r.level == "task"} == {"sqam_gap0", "sqam_gap0.3"}
@@ -422,7 +424,7 @@ def test_sqam_program_trains_checkpoints_resumes_reports_and_shares_bc(dataset_d
     assert policy.step == 100
     # The BC cache is the domain's, and what it depends on does not depend on the method: a TRQAM or QAM
     # run of the domain reuses it (tests/test_lifecycle.py shows the reuse across methods).
-    assert os.path.isdir(os.path.join(str(tmp_path), pipeline.BC_DIR, "cube-single-play"))
+    assert os.path.isdir(os.path.join(str(tmp_path), bc.BC_DIR, "cube-single-play"))
     bc_of = lambda method: spec.resolve(tiny_config(dataset_dir, tmp_path, method=method), ENV).bc
     for field in ("hidden_dims", "actor_layer_norm", "batch_size", "learning_rate", "grad_clip_norm", "method"):
         assert getattr(bc_of("sqam"), field) == getattr(bc_of("trqam"), field) == getattr(bc_of("qam"), field)
@@ -430,9 +432,9 @@ def test_sqam_program_trains_checkpoints_resumes_reports_and_shares_bc(dataset_d
 
 def test_a_reference_sqam_checkpoint_imports_into_an_sqam_state(tmp_path):
     """The authors' SQAM agent saves the same six modules and the dual (lam, kl_ema) as their TRQAM agent,
-    so `experiments.reference_checkpoint` imports it as it imports TRQAM's: here into an SQAM state,
+    so `experiments.infra.reference_checkpoint` imports it as it imports TRQAM's: here into an SQAM state,
     whose policy then computes the reference's actor_fast, with the reference's multiplier."""
-    from experiments import reference_checkpoint as rc
+    from experiments.infra import reference_checkpoint as rc
     from tests import test_reference_checkpoint as trc
 
     modules, params = trc.reference_agent()
@@ -455,8 +457,8 @@ def test_a_reference_sqam_checkpoint_imports_into_an_sqam_state(tmp_path):
 
 
 def test_sqam_settings_come_from_the_domain_table_and_overrides_win():
-    from experiments import learners, pipeline, spec
     from experiments.configs import ogbench
+    from experiments.runner import plan, spec
 
     assert (agent.AgentConfig(method="sqam").kl_budget, agent.AgentConfig().kl_budget) == (0.5, 1.0)
     assert agent.AgentConfig(method="sqam", kl_budget=2.0).kl_budget == 2.0
@@ -477,10 +479,10 @@ def test_sqam_settings_come_from_the_domain_table_and_overrides_win():
         config.agent.gap_reg_coef, config.agent.n_bridge, config.agent.kl_budget = 0.1, 4, 0.7
     offline = spec.resolve(config, env).offline
     assert (offline.gap_reg_coef, offline.n_bridge, offline.kl_budget) == (0.1, 4, 0.7)
-    assert pipeline.run_name(config, "sqam") == "sqam_eps0.7_gap0.1"
+    assert plan.run_name(config, "sqam") == "sqam_eps0.7_gap0.1"
     with config.unlocked():
         config.agent.gap_reg_coef, config.agent.kl_budget = None, None
-    assert pipeline.run_name(config, "sqam") == "sqam"
+    assert plan.run_name(config, "sqam") == "sqam"
     # Bad values are one line naming the field.
     for field, value, message in [("agent.gap_reg_coef", -0.1, "gap_reg_coef"), ("agent.n_bridge", 0, "n_bridge"),
                                   ("sweep.gap_reg_coef", "0,-1", ">= 0"), ("sweep.inv_temp", "1,3", "QAM budget")]:
@@ -488,4 +490,4 @@ def test_sqam_settings_come_from_the_domain_table_and_overrides_win():
         bad.method = "sqam"
         bad.update_from_flattened_dict({field: value})
         with pytest.raises(spec.ConfigError, match=message):
-            learners.plan(bad, [env], pipeline.run_dir_of)
+            plan.plan(bad, [env])

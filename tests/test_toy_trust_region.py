@@ -37,7 +37,7 @@ def pretrained():
     data = Batch(jnp.zeros((N, 1)), actions, jnp.zeros(N), jnp.ones(N), jnp.zeros((N, 1)), jnp.ones(N))
     cfg = agent.AgentConfig(method="bc", **COMMON)
     nets = agent.make_networks(cfg, 1)
-    states = agent.init_seeds(jnp.arange(1), cfg, nets, 1, 1)
+    states = agent.init_learners(jnp.arange(1), cfg, nets, 1, 1)
     states, metrics = agent.make_train_fn(cfg, nets, agent.uniform_sampler(256), 3000)(states, data)
     act = jax.jit(agent.make_act_fn(cfg, nets))
     return data, nets, states.actor_bc, act
@@ -53,7 +53,7 @@ def test_trust_region_settles_at_budget_and_tilts_toward_closed_form(pretrained)
     for eps in (0.25, 0.5):
         cfg = agent.AgentConfig(method="trqam", kl_budget=eps, **COMMON)
         toy_nets = agent.Networks(nets.actor, LinearCritic())
-        states = agent.init_seeds(jnp.arange(1), cfg, toy_nets, 1, 1, pretrained_actor=bc_actor)
+        states = agent.init_learners(jnp.arange(1), cfg, toy_nets, 1, 1, pretrained_actor=bc_actor)
         states, metrics = agent.make_train_fn(cfg, toy_nets, agent.uniform_sampler(256), 2500)(states, data)
         kl = float(metrics["kl_hat"][0, -500:].mean())
         lam_eff = float(metrics["lambda_eff"][0, -1])
@@ -94,8 +94,8 @@ def test_sqam_trust_region_settles_at_budget_and_moves_toward_the_tilt(pretraine
     cfg = agent.AgentConfig(method="sqam", **COMMON)
     toy_nets = agent.Networks(nets.actor, LinearCritic())
     two = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, x]), bc_actor)
-    states = agent.init_seeds(jnp.zeros(2, jnp.int32), cfg, toy_nets, 1, 1, pretrained_actor=two,
-                              hparams=agent.hyperparams(cfg, kl_budget=budgets))
+    states = agent.init_learners(jnp.zeros(2, jnp.int32), cfg, toy_nets, 1, 1, pretrained_actor=two,
+                                 hparams=agent.hyperparams(cfg, kl_budget=budgets))
     states, metrics = agent.make_train_fn(cfg, toy_nets, agent.uniform_sampler(256), 2000)(states, data)
     shifts = []
     for i, eps in enumerate(budgets):

@@ -1,7 +1,7 @@
 """Bad input ends in one line that names the problem and the fix, exit 1, no traceback, and nothing
 written: the run-dir name collision of two sweep values, wandb asked for but not importable, a value out of
 range or not finite, an output dir that cannot be written, a missing bc_checkpoint. Each is caused for real
-through the launcher (`python -m experiments.train`) or the validation it runs (`learners.plan`), before
+through the launcher (`python -m experiments.train`) or the validation it runs (`plan.plan`), before
 any dataset is read or anything is compiled."""
 
 import errno
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from experiments import learners, pipeline, spec
 from experiments.configs import quickstart
+from experiments.runner import plan, spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,7 +126,7 @@ def test_an_output_dir_without_write_permission_is_refused(tmp_path, runs):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The validation function itself, for every value (`learners.plan`, which run_program and the launcher call).
+# The validation function itself, for every value (`plan.plan`, which run_program and the launcher call).
 
 
 def config_with(output_dir, **overrides):
@@ -136,8 +136,8 @@ def config_with(output_dir, **overrides):
     return config
 
 
-def plan(config):
-    return learners.plan(config, learners.task_names(config), pipeline.run_dir_of)
+def planned(config):
+    return plan.plan(config, plan.task_names(config))
 
 
 @pytest.mark.parametrize("overrides, words", [
@@ -162,7 +162,7 @@ def plan(config):
 ])
 def test_values_are_refused_by_validation(tmp_path, overrides, words):
     with pytest.raises(spec.ConfigError) as info:
-        plan(config_with(tmp_path, **overrides))
+        planned(config_with(tmp_path, **overrides))
     assert all(word in str(info.value) for word in words), str(info.value)
     assert os.listdir(tmp_path) == []
 
@@ -173,32 +173,31 @@ def test_an_output_dir_under_a_file_is_refused(tmp_path):
     blocker.write_text("not a directory\n")
     before = snapshot(tmp_path)
     with pytest.raises(spec.ConfigError, match=f"{blocker} is not a directory. Choose another --output_dir"):
-        plan(config_with(blocker / "runs"))
+        planned(config_with(blocker / "runs"))
     assert snapshot(tmp_path) == before
 
 
 def test_validation_accepts_close_but_distinct_values_and_a_present_bc_checkpoint(tmp_path, monkeypatch):
-    runs = plan(config_with(tmp_path, **{"sweep.kl_budget": "0.1234561,0.1234571"}))
+    runs = planned(config_with(tmp_path, **{"sweep.kl_budget": "0.1234561,0.1234571"}))
     assert [os.path.basename(r.run_dir) for r in runs] == ["trqam_eps0.123456", "trqam_eps0.123457"]
     reference = tmp_path / "params_{seed}.pkl"
     for seed in range(3):
         (tmp_path / f"params_{seed}.pkl").write_bytes(b"")
-    plan(config_with(tmp_path, bc_checkpoint=str(reference)))
+    planned(config_with(tmp_path, bc_checkpoint=str(reference)))
     # wandb asked for and importable: accepted; not importable (None in sys.modules): refused.
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(spec.ConfigError, match="pip install wandb"):
-        plan(config_with(tmp_path, **{"wandb.project": "demo"}))
+        planned(config_with(tmp_path, **{"wandb.project": "demo"}))
 
 
 def test_a_missing_bc_checkpoint_does_not_block_resuming_runs_that_have_checkpoints(tmp_path):
     """A run dir with a checkpoint reads no BC (it is resumed, or refused without --resume)."""
     config = config_with(tmp_path, bc_checkpoint=str(tmp_path / "gone.pkl"))
-    (run_dir,) = [r.run_dir for r in learners.plan(config_with(tmp_path), learners.task_names(config),
-                                                   pipeline.run_dir_of)]
+    (run_dir,) = [r.run_dir for r in plan.plan(config_with(tmp_path), plan.task_names(config))]
     os.makedirs(os.path.join(run_dir, "checkpoints", "100"))
-    plan(config)
+    planned(config)
     with pytest.raises(spec.ConfigError, match="does not exist"):
-        plan(config_with(tmp_path, bc_checkpoint=str(tmp_path / "gone.pkl"), **{"sweep.kl_budget": "0.5"}))
+        planned(config_with(tmp_path, bc_checkpoint=str(tmp_path / "gone.pkl"), **{"sweep.kl_budget": "0.5"}))
 
 
 def test_a_failed_write_under_the_output_dir_is_one_line(tmp_path):

@@ -168,8 +168,8 @@ def init_train_state(
     )
 
 
-def init_seeds(seeds, config: AgentConfig, networks: Networks, obs_dim: int, chunk_dim: int,
-               pretrained_actor: Optional[Any] = None, hparams: Optional[Hyperparams] = None) -> TrainState:
+def init_learners(seeds, config: AgentConfig, networks: Networks, obs_dim: int, chunk_dim: int,
+                  pretrained_actor: Optional[Any] = None, hparams: Optional[Hyperparams] = None) -> TrainState:
     """States for L learners, stacked on a leading axis; learner i is seeded with seeds[i].
 
     pretrained_actor, if given, is stacked the same way (leading axis L): learner i starts from it.
@@ -240,7 +240,7 @@ def make_losses(config: AgentConfig, networks: Networks):
         chunks = batch.actions.reshape(batch_size, -1)
         next_actions = sample_actions(actor, batch.next_observations, key, chunks.shape[-1])
         next_q = critic_apply(critic_target, batch.next_observations, next_actions)
-        target = losses.critic_target(next_q, batch.rewards, batch.masks, config.discount, horizon,
+        target = losses.td_target(next_q, batch.rewards, batch.masks, config.discount, horizon,
                                       config.rho)
         q = critic_apply(critic, batch.observations, chunks)
         loss = losses.critic_loss(q, jax.lax.stop_gradient(target), batch.valid)

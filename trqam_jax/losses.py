@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 
-def critic_target(next_q: jax.Array, rewards, masks, discount: float, horizon: int, rho: float):
+def td_target(next_q: jax.Array, rewards, masks, discount: float, horizon: int, rho: float):
     """y = R + gamma^H * mask * (mean_j Qbar_j(s', a') - rho * std_j Qbar_j(s', a')).
 
     next_q has the ensemble on axis 0, (N, B); the std is the population std (ddof = 0).

@@ -23,7 +23,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from experiments.data.names import DEFAULT_DATASET_DIR, DataError, EnvInfo, parse_env_name
-from experiments.files import read_json
+from experiments.infra.files import read_json
 
 
 class DatasetMissingError(DataError, FileNotFoundError):
@@ -55,7 +55,7 @@ def read_generation_record(npz_path: str) -> dict | None:
 
 
 def _generation_hint(info: EnvInfo, dataset_dir: str, dataset_name: str) -> str:
-    if info.spec.navigation:
+    if info.layout.navigation:
         extra = ''
         if info.domain == 'antmaze-giant-navigate' and dataset_name != info.dataset:
             extra = (
@@ -72,7 +72,7 @@ def _generation_hint(info: EnvInfo, dataset_dir: str, dataset_name: str) -> str:
         'Generate it offline with:\n'
         f'  python -m experiments.make_dataset --dataset={dataset_name} --dataset_dir={dataset_dir}'
     )
-    if info.spec.num_shards and dataset_name != info.dataset and info.spec.size_m == 10:
+    if info.layout.num_shards and dataset_name != info.dataset and info.layout.size_m == 10:
         hint += f'\n(or copy shards 000-009 of the official {info.domain}-100m-v0 release there)'
     return hint
 
@@ -124,7 +124,7 @@ def _same_settings(path: str) -> str:
 
 def _repair_hint(path: str, info: EnvInfo, dataset_dir: str) -> str:
     """One line: how to get a good copy of the dataset file at `path`."""
-    if info.spec.navigation:
+    if info.layout.navigation:
         where = f'into {os.path.dirname(path)}'
         if info.domain == 'antmaze-giant-navigate' and os.path.basename(os.path.dirname(path)) != \
                 os.path.basename(dataset_dir):
@@ -197,8 +197,8 @@ def find_dataset_files(
     """
     info = parse_env_name(env_name)
     dataset_dir = os.path.abspath(os.path.expanduser(dataset_dir))
-    spec = info.spec
-    if spec.num_shards == 0 or standard:
+    layout = info.layout
+    if layout.num_shards == 0 or standard:
         train = os.path.join(dataset_dir, f'{info.dataset}.npz')
         val = os.path.join(dataset_dir, f'{info.dataset}-val.npz')
         missing = [p for p in (train, val) if not os.path.isfile(p)]
@@ -211,12 +211,12 @@ def find_dataset_files(
         return DatasetFiles((train,), val, False, dataset_dir)
 
     found = []
-    for sub in spec.shard_dirs:
+    for sub in layout.shard_dirs:
         directory = os.path.join(dataset_dir, sub)
         shards = _shard_paths(directory)
         found.append((directory, len(shards)))
-        if len(shards) >= spec.num_shards:
-            shards = shards[: spec.num_shards]
+        if len(shards) >= layout.num_shards:
+            shards = shards[: layout.num_shards]
             val = None
             for cand in (shards[0][: -len('.npz')] + '-val.npz', os.path.join(dataset_dir, f'{info.dataset}-val.npz')):
                 if os.path.isfile(cand):
@@ -224,13 +224,13 @@ def find_dataset_files(
                     break
             check_files_readable(shards + ([val] if val else []), env_name, dataset_dir)
             return DatasetFiles(tuple(shards), val, True, directory)
-    main_dir = os.path.join(dataset_dir, spec.shard_dirs[0])
-    last = spec.num_shards - 1
+    main_dir = os.path.join(dataset_dir, layout.shard_dirs[0])
+    last = layout.num_shards - 1
     looked = '; '.join(f'{d}: {n} found' for d, n in found)
     raise DatasetMissingError(
-        f'dataset {spec.shard_dirs[0]} ({spec.size_m}M) for {env_name} not found: need {spec.num_shards} '
+        f'dataset {layout.shard_dirs[0]} ({layout.size_m}M) for {env_name} not found: need {layout.num_shards} '
         f'shards {info.dataset}-000.npz .. {info.dataset}-{last:03d}.npz in {main_dir} ({looked}).\n'
-        + _generation_hint(info, dataset_dir, spec.shard_dirs[0])
+        + _generation_hint(info, dataset_dir, layout.shard_dirs[0])
     )
 
 

@@ -26,7 +26,7 @@ from experiments.data.generation_plan import (DEFAULT_EPISODE_LENGTH, MakeDatase
 from experiments.data.generation_pool import WorkerPool
 from experiments.data.names import DEFAULT_DATASET_DIR
 from experiments.env_workers import pid_alive
-from experiments.files import write_json
+from experiments.infra.files import write_json
 
 
 def _hidden_tmp(path: str, token: str, tag: str = '') -> str:
@@ -143,9 +143,9 @@ def generate_dataset(
     Raises:
         UnsupportedDatasetError: for navigation or other datasets that cannot be generated here.
     """
-    spec = parse_dataset_name(dataset_name)
+    release = parse_dataset_name(dataset_name)
     if num_episodes is None:
-        num_episodes = default_num_episodes(spec.dataset_name)
+        num_episodes = default_num_episodes(release.dataset_name)
     if num_episodes < 1:
         raise MakeDatasetError('num_episodes must be at least 1.')
     if episode_length < 2:
@@ -153,7 +153,7 @@ def generate_dataset(
     if not 0.0 < val_fraction <= 1.0:
         raise MakeDatasetError('val_fraction must be in (0, 1].')
     dataset_dir = os.path.abspath(os.path.expanduser(dataset_dir))
-    units = plan_units(spec, dataset_dir, num_shards, shard_start)
+    units = plan_units(release, dataset_dir, num_shards, shard_start)
 
     stale = remove_stale_temporaries(units)
     if stale:
@@ -186,8 +186,8 @@ def generate_dataset(
                 part = _hidden_tmp(unit.train_path, token, f'.{split_id}-{start:06d}.part')
                 tasks.append(
                     ChunkTask(
-                        domain=spec.domain,
-                        env_name=spec.env_name,
+                        domain=release.domain,
+                        env_name=release.env_name,
                         episode_length=episode_length,
                         noise=noise,
                         noise_smoothing=noise_smoothing,
@@ -205,7 +205,7 @@ def generate_dataset(
     done_parts: dict[int, list[ChunkTask]] = {u.index: [] for u in todo}
 
     total_episodes = len(todo) * (num_episodes + n_val)
-    bar = _progress_bar(total_episodes, spec.dataset_name, progress)
+    bar = _progress_bar(total_episodes, release.dataset_name, progress)
     written: list[str] = []
     pool = None
     t0 = time.time()
@@ -250,7 +250,7 @@ def generate_dataset(
 
     elapsed = time.time() - t0
     print(
-        f'{spec.dataset_name}: {rows} rows ({rows - total_episodes} transitions) in {elapsed:.1f}s '
+        f'{release.dataset_name}: {rows} rows ({rows - total_episodes} transitions) in {elapsed:.1f}s '
         f'= {rows / max(elapsed, 1e-9):.0f} steps/s with {num_workers} worker(s).',
         file=sys.stderr,
     )

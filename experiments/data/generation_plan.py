@@ -1,4 +1,4 @@
-"""What `make_dataset` writes for a dataset name: the release it names (`DatasetSpec`), its episode
+"""What `make_dataset` writes for a dataset name: the release it names (`DatasetName`), its episode
 counts, and its (train, val) file pairs (`Unit`), with the errors for names it cannot generate.
 
 The naming and file layout are described in `experiments.make_dataset`'s docstring (its --help).
@@ -13,6 +13,7 @@ import re
 from absl import app
 
 from experiments.data.names import DEFAULT_DATASET_DIR
+from experiments.infra.errors import UserError
 
 DEFAULT_EPISODE_LENGTH = 1001  # Rows per episode in the official play datasets (1000 transitions).
 DEFAULT_NUM_SHARDS = 100  # Shards in OGBench's `-100m-v0` releases.
@@ -41,7 +42,7 @@ _SHARD_NUM_EPISODES = 1000
 _NAVIGATION_PREFIXES = ('antmaze', 'humanoidmaze', 'pointmaze', 'antsoccer')
 
 
-class MakeDatasetError(app.UsageError, ValueError):
+class MakeDatasetError(app.UsageError, UserError, ValueError):
     """Bad arguments to the dataset generator (a one-line message, no traceback on the CLI)."""
 
 
@@ -50,7 +51,7 @@ class UnsupportedDatasetError(MakeDatasetError):
 
 
 @dataclasses.dataclass(frozen=True)
-class DatasetSpec:
+class DatasetName:
     """What a dataset name resolves to."""
 
     dataset_name: str  # e.g. 'cube-double-play-v0' or 'cube-triple-play-100m-v0'.
@@ -83,7 +84,7 @@ def _navigation_message(name: str) -> str:
     )
 
 
-def parse_dataset_name(name: str) -> DatasetSpec:
+def parse_dataset_name(name: str) -> DatasetName:
     """Resolve a dataset (or single-task environment) name.
 
     Accepts `<domain>-play-v0`, `<domain>-play-100m-v0`, and single-task environment names such as
@@ -113,7 +114,7 @@ def parse_dataset_name(name: str) -> DatasetSpec:
             f"'{name}': only 'play' datasets (plan oracles) are supported, not '{match.group('kind')}'."
         )
     domain = match.group('domain')
-    return DatasetSpec(
+    return DatasetName(
         dataset_name=name,
         domain=domain,
         env_name=f'{domain}-v0',
@@ -123,8 +124,8 @@ def parse_dataset_name(name: str) -> DatasetSpec:
 
 def default_num_episodes(dataset_name: str) -> int:
     """Official number of train episodes (per shard for `-100m-v0` datasets)."""
-    spec = parse_dataset_name(dataset_name)
-    return _SHARD_NUM_EPISODES if spec.sharded else _OFFICIAL_NUM_EPISODES[spec.domain]
+    release = parse_dataset_name(dataset_name)
+    return _SHARD_NUM_EPISODES if release.sharded else _OFFICIAL_NUM_EPISODES[release.domain]
 
 
 def num_val_episodes(num_episodes: int, val_fraction: float) -> int:
@@ -143,9 +144,9 @@ def dataset_file_paths(
     `<domain>-play-v0` has one pair; `<domain>-play-100m-v0` has one pair per shard
     (`num_shards` shards from `shard_start`, default all 100).
     """
-    spec = parse_dataset_name(dataset_name)
+    release = parse_dataset_name(dataset_name)
     dataset_dir = os.path.abspath(os.path.expanduser(dataset_dir))
-    return [(p.train_path, p.val_path) for p in plan_units(spec, dataset_dir, num_shards, shard_start)]
+    return [(p.train_path, p.val_path) for p in plan_units(release, dataset_dir, num_shards, shard_start)]
 
 
 @dataclasses.dataclass
@@ -158,23 +159,23 @@ class Unit:
     val_path: str
 
 
-def plan_units(spec: DatasetSpec, dataset_dir: str, num_shards: int | None, shard_start: int) -> list[Unit]:
-    if spec.sharded:
-        num_shards = spec.max_shards if num_shards is None else num_shards
-        limit = TEN_M_NUM_SHARDS if spec.max_shards == TEN_M_NUM_SHARDS else 1000
+def plan_units(release: DatasetName, dataset_dir: str, num_shards: int | None, shard_start: int) -> list[Unit]:
+    if release.sharded:
+        num_shards = release.max_shards if num_shards is None else num_shards
+        limit = TEN_M_NUM_SHARDS if release.max_shards == TEN_M_NUM_SHARDS else 1000
         if num_shards < 1 or shard_start < 0 or shard_start + num_shards > limit:
             raise MakeDatasetError(f'Invalid shard range: shard_start={shard_start}, num_shards={num_shards} '
-                                   f'(shards 0..{limit - 1} exist for {spec.dataset_name}).')
-        out_dir = os.path.join(dataset_dir, spec.dataset_name)
+                                   f'(shards 0..{limit - 1} exist for {release.dataset_name}).')
+        out_dir = os.path.join(dataset_dir, release.dataset_name)
         units = []
         for i, shard in enumerate(range(shard_start, shard_start + num_shards)):
-            stem = os.path.join(out_dir, f'{spec.file_stem}-{shard:03d}')
+            stem = os.path.join(out_dir, f'{release.file_stem}-{shard:03d}')
             units.append(Unit(i, 1 + shard, f'{stem}.npz', f'{stem}-val.npz'))
         return units
     if num_shards not in (None, 1) or shard_start != 0:
         raise MakeDatasetError(
-            f"'{spec.dataset_name}' is a single-file dataset; num_shards/shard_start only apply to "
+            f"'{release.dataset_name}' is a single-file dataset; num_shards/shard_start only apply to "
             f"'<domain>-play{SHARDED_SUFFIX}' datasets."
         )
-    stem = os.path.join(dataset_dir, spec.file_stem)
+    stem = os.path.join(dataset_dir, release.file_stem)
     return [Unit(0, 0, f'{stem}.npz', f'{stem}-val.npz')]

@@ -88,7 +88,7 @@ def make_env(env_name: str, seed: int = 0):
 
 
 def _in_shard_dir(path: str, info: EnvInfo) -> bool:
-    return os.path.basename(os.path.dirname(path)) in info.spec.shard_dirs
+    return os.path.basename(os.path.dirname(path)) in info.layout.shard_dirs
 
 
 def _read_raw(path: str, info: EnvInfo):

@@ -11,11 +11,12 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from experiments.configs.domains import DOMAIN_SETTINGS, TASKS
+from experiments.infra.errors import UserError
 
 DEFAULT_DATASET_DIR = '~/.ogbench/data'
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Base of the data errors; their message is meant to be shown alone, without a traceback."""
 
 
@@ -23,7 +24,7 @@ class UnknownEnvError(DataError, ValueError):
     """The env id does not name a supported OGBench single-task env."""
 
 
-class DomainSpec(NamedTuple):
+class DomainLayout(NamedTuple):
     name: str  # e.g. 'cube-double-play'
     navigation: bool  # antmaze / humanoidmaze (data needs expert policies, not regenerable offline)
     size_m: int  # protocol dataset size, millions of transitions
@@ -39,9 +40,9 @@ _SHARDED = {
     'cube-quadruple-play': (100, ('cube-quadruple-play-100m-v0',), 100),
 }
 
-# One spec per domain of experiments.configs.domains, in its order.
-DOMAINS: Dict[str, DomainSpec] = {
-    name: DomainSpec(name, name.endswith('-navigate'), *_SHARDED.get(name, (1, (), 0))) for name in DOMAIN_SETTINGS
+# One layout per domain of experiments.configs.domains, in its order.
+DOMAINS: Dict[str, DomainLayout] = {
+    name: DomainLayout(name, name.endswith('-navigate'), *_SHARDED.get(name, (1, (), 0))) for name in DOMAIN_SETTINGS
 }
 
 _ENV_RE = re.compile(r'^(?P<domain>[a-z0-9]+(?:-[a-z0-9]+)*?)-singletask(?:-task(?P<task>\d+))?-(?P<version>v\d+)$')
@@ -54,7 +55,7 @@ class EnvInfo(NamedTuple):
     ogbench_env: str  # 'cube-double-singletask-task2-v0' (the gymnasium id; used for relabeling)
     task: Optional[int]  # 2; None for the default-task alias '<domain>-singletask-v0'
     version: str  # 'v0'
-    spec: DomainSpec
+    layout: DomainLayout
 
 
 def valid_domains_message() -> str:
@@ -83,7 +84,7 @@ def parse_env_name(env_name: str) -> EnvInfo:
         ogbench_env=ogbench_env,
         task=None if task is None else int(task),
         version=version,
-        spec=DOMAINS[domain],
+        layout=DOMAINS[domain],
     )
 
 

@@ -5,7 +5,7 @@ results file read from it (--reference).
                                domain or 'all'; ours-exp-data.json gives each entry's steps
   load_released(path) -> Released   the authors' file: {(name, method): success array (evaluations,
                                seeds)}, (30, 8) from 50K or (31, 8) from step 0, read without running
-                               code by experiments/safe_pickle.py; its 1M (offline) and 1.5M (online)
+                               code by experiments/infra/safe_pickle.py; its 1M (offline) and 1.5M (online)
                                scores per task, domain and overall, and its curves
 """
 
@@ -19,9 +19,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from experiments import files, safe_pickle
+from experiments.infra import files, safe_pickle
+from experiments.infra.errors import UserError
 from experiments.report.published import PAPER_METHODS
-from experiments.report.runs import ReportError, Run, domain_key, seed_curves
+from experiments.report.runs import ReportError, RunLogs, domain_key, seed_curves
 
 # ------------------------------------------------------------------------- released results files
 
@@ -32,7 +33,7 @@ ONLINE_STEP = 1_500_000
 LAYOUTS = {30: EVAL_EVERY, 31: 0}
 
 
-class ReleasedResultsError(ValueError):
+class ReleasedResultsError(UserError, ValueError):
     """A released results file that cannot be read; the message is one line."""
 
 
@@ -152,7 +153,7 @@ def load_reference(path: str) -> Released:
 EXP_DATA_FILE = "ours-exp-data.pkl"
 
 
-def _seed_matrix(run: Run) -> Optional[tuple[np.ndarray, list, np.ndarray, list]]:
+def _seed_matrix(run: RunLogs) -> Optional[tuple[np.ndarray, list, np.ndarray, list]]:
     """(steps, seeds, success array (evaluations, seeds), phases) over the fine-tuning evaluations
     (step > 0) that every seed of the run has, or None."""
     curves = seed_curves({k: v for k, v in run.eval.items()}, "success")
@@ -185,7 +186,7 @@ def _mean_entry(entries: list) -> Optional[tuple[np.ndarray, list, np.ndarray]]:
     return steps, seeds, np.mean(stacked, axis=0)
 
 
-def export_exp_data(runs: Sequence[Run], out_dir: str) -> list[str]:
+def export_exp_data(runs: Sequence[RunLogs], out_dir: str) -> list[str]:
     """Our success curves in the reference's exp_data layout, to plot beside the released data.
 
     `ours-exp-data.pkl`: a dict keyed by (name, METHOD) (method upper-cased, as 'TRQAM', 'QAM'),

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from experiments.report.published import paper_method
-from experiments.report.runs import (PHASES, TASKS_PER_DOMAIN, Run, domain_tasks, method_key,
+from experiments.report.runs import (PHASES, TASKS_PER_DOMAIN, RunLogs, domain_tasks, method_key,
                                      seed_curves)
 from experiments.report.stats import (BOOTSTRAP_REPS, BOOTSTRAP_SEED, STD_DDOF, Row,
                                       performance_profiles, seed_std)
@@ -51,7 +51,7 @@ def mean_over_tasks(per_task: Sequence[dict]) -> dict:
     return out
 
 
-def online_boundary(run: Run) -> Optional[int]:
+def online_boundary(run: RunLogs) -> Optional[int]:
     """The step where online fine-tuning starts (config.json's offline_steps, else the largest
     offline step), if the run has online rows (in eval.csv or train.csv)."""
     tables = [t for t in (run.eval, run.train) if t is not None and len(t["step"])]
@@ -110,7 +110,7 @@ def _released_methods(methods: Sequence[str]) -> list[tuple[str, str]]:
     return list(out.items())
 
 
-def kl_budgets(run: Run) -> dict:
+def kl_budgets(run: RunLogs) -> dict:
     """phase -> the KL budget eps of a TRQAM or SQAM run (task.json), for the phases the run has."""
     spec = run.task_spec or {}
     if run.method.split("_")[0] not in ("trqam", "sqam"):
@@ -124,7 +124,7 @@ def kl_budgets(run: Run) -> dict:
     return out
 
 
-def _draw_budget(ax, run: Run, boundary: Optional[int]) -> None:
+def _draw_budget(ax, run: RunLogs, boundary: Optional[int]) -> None:
     """The KL budget eps as a horizontal line, per phase (offline, then online past the boundary)."""
     budgets = kl_budgets(run)
     if "offline" not in budgets:
@@ -170,7 +170,7 @@ def _new_figure(ncols, nrows=1):
     return fig, axes
 
 
-def plot_run(run: Run, path: str, released=None):
+def plot_run(run: RunLogs, path: str, released=None):
     """Success (from the BC policy at step 0 when eval.csv has it), lambda_eff, kl_hat (with the
     budget eps), critic loss, Q mean and BC loss vs steps: thin per-seed lines, mean +- std band.
     With a released results file, the success panel also shows its curves of the run's method and
@@ -197,7 +197,7 @@ def plot_run(run: Run, path: str, released=None):
     return fig
 
 
-def plot_domain(runs: Sequence[Run], path: str, released=None):
+def plot_domain(runs: Sequence[RunLogs], path: str, released=None):
     """One panel per task and one for the domain mean; methods' mean +- std success overlaid, and
     with a released results file, its curves of the run methods and TRQAM (dashed)."""
     domain = runs[0].domain
@@ -259,7 +259,7 @@ def plot_profiles(rows: Sequence[Row], phase: str, path: str, reps: int = BOOTST
     return fig
 
 
-def write_plots(runs: Sequence[Run], curves_dir: str, released=None, rows: Optional[Sequence[Row]] = None,
+def write_plots(runs: Sequence[RunLogs], curves_dir: str, released=None, rows: Optional[Sequence[Row]] = None,
                 reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED) -> list[str]:
     """Per run and per domain PNGs; with `rows`, performance_profile_<phase>.png for each phase
     with an overall row."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from experiments.configs.domains import EXTRA_DOMAINS, TASKS
 from experiments.configs.domains import SUITE_DOMAINS as DOMAINS  # conventions §10's order
+from experiments.infra.errors import UserError
 
 PHASES = ("offline", "online")
 TASKS_PER_DOMAIN = len(TASKS)
@@ -39,13 +40,13 @@ EVAL_COLUMNS = ("step", "phase", "seed", "success")
 TRAIN_COLUMNS = ("step", "phase", "seed")
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """A problem with the input, described in one line naming the file."""
 
 
 @dataclasses.dataclass
-class Run:
-    """One run directory: a (task, method) pair with all its seeds."""
+class RunLogs:
+    """What the report reads of one run directory (a task and method, all its seeds): its logs and files."""
     path: str
     env_name: str
     domain: str
@@ -224,7 +225,7 @@ def _optional_json(path: str):
         raise ReportError(f"{path}: not valid JSON: {e}") from None
 
 
-def load_run(path: str) -> Run:
+def load_run(path: str) -> RunLogs:
     """Loads `<...>/<env_name>/<method>/`: eval.csv required, train.csv and config.json optional."""
     path = os.path.normpath(path)
     method = os.path.basename(path)
@@ -238,7 +239,7 @@ def load_run(path: str) -> Run:
     evals = read_table(os.path.join(path, "eval.csv"), EVAL_COLUMNS, "eval")
     train_path = os.path.join(path, "train.csv")
     train = read_table(train_path, TRAIN_COLUMNS, "train") if os.path.exists(train_path) else None
-    return Run(path=path, env_name=env_name, domain=domain, task=task, method=method, eval=evals,
+    return RunLogs(path=path, env_name=env_name, domain=domain, task=task, method=method, eval=evals,
                train=train, config=config, task_spec=task_spec)
 
 
@@ -282,7 +283,7 @@ def find_runs_dir(runs_dir: str) -> str:
                       "<runs_dir>/<domain>-singletask-task<N>-v0/<method>/eval.csv)")
 
 
-def load_runs(runs_dir: str) -> list[Run]:
+def load_runs(runs_dir: str) -> list[RunLogs]:
     """All run directories `<runs_dir>/<env_name>/<method>/` that hold an eval.csv, sorted (from
     the directory `find_runs_dir` picks)."""
     runs = [load_run(p) for p in _run_paths(find_runs_dir(runs_dir))]

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from experiments.report.runs import PHASES, ReportError, Run, domain_key, method_key
+from experiments.report.runs import PHASES, ReportError, RunLogs, domain_key, method_key
 
 # Standard deviation over seeds: the sample std (ddof=1), as the reference's exp_data/reproduce.py.
 STD_DDOF = 1
@@ -56,7 +56,7 @@ class Row:
 
 # ------------------------------------------------------------------------------------- aggregation
 
-def final_scores(run: Run, phase: str) -> dict[int, tuple[int, float]]:
+def final_scores(run: RunLogs, phase: str) -> dict[int, tuple[int, float]]:
     """seed -> (step, success) of the seed's `phase` evaluation with the largest step (the later
     row in the file on a tie)."""
     out = {}
@@ -97,7 +97,7 @@ def _common_seeds(seed_sets: dict[str, set], what: str) -> tuple[set, tuple]:
                     f"({', '.join(map(str, sorted(common)))}): {detail}",)
 
 
-def aggregate(runs: Sequence[Run], phase: str) -> list[Row]:
+def aggregate(runs: Sequence[RunLogs], phase: str) -> list[Row]:
     """Task, domain and overall rows for every method with evaluations of `phase`.
 
     Per seed first (domain score of seed s = mean of seed s's task scores over the domain's tasks

@@ -15,17 +15,19 @@ import logging as py_logging
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from experiments.infra.errors import UserError
+
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """No usable checkpoint, or one that does not belong to this run."""
 
 
@@ -131,6 +133,15 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class Restored(NamedTuple):
+    """What `Checkpointer.restore` read from one checkpoint."""
+
+    step: int
+    state: Any  # the training state (or the actor params alone, items=("policy",))
+    replay: Any  # the online replay, or None
+    meta: Dict  # the JSON saved beside them (config, phase, eval_pending, ...)
+
+
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
         self.directory = os.path.abspath(directory)
@@ -201,7 +212,7 @@ class Checkpointer:
     def restore(self, state_like: Union[Any, Callable[[Dict], Any]], replay_like=None,
                 items=("state", "replay"), step: Optional[int] = None,
                 check_meta: Optional[Callable[[Dict], None]] = None):
-        """(step, state, replay, meta) of the newest readable checkpoint, or None if there is none.
+        """The newest readable checkpoint (`Restored`), or None if there is none.
 
         A damaged newest checkpoint is reported in one line, moved aside (unless read-only), and the
         previous one is used. When every step is damaged (and moved aside) the result is None: the
@@ -250,7 +261,7 @@ class Checkpointer:
             replay = trees.get("replay")
             if failed:
                 _say(f"Using checkpoint step {step} in {self.directory}.")
-            return step, tree, replay, meta
+            return Restored(step, tree, replay, meta)
         if failed and self.read_only:
             raise CheckpointError(f"No readable checkpoint in {self.directory}: steps {sorted(failed)} are damaged.")
         return None

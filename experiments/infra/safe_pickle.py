@@ -1,7 +1,7 @@
 """Loading pickles that hold only arrays and plain containers, without running code.
 
 Every pickle this project reads from elsewhere goes through `load`: the reference code's checkpoints
-(experiments/reference_checkpoint.py) and the authors' released results files (experiments/report.py).
+(experiments/infra/reference_checkpoint.py) and the authors' released results files (experiments/report.py).
 
 A pickle names each class or function it needs as a (module, name) pair, and the unpickler calls
 what it gets with arguments from the file. Allowing whole packages is not safe: numpy alone holds

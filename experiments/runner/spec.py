@@ -1,6 +1,10 @@
-"""Resolve a run config into the settings of one task, without writing anything back into it.
+"""The config, resolved once into frozen settings, and every check of its values.
 
-Config fields left as None take the value of the task's domain in experiments/configs/domains.py.
+`resolve` gives one task's settings (`TaskSpec`: the updates of its phases, horizon, evaluation length),
+`resolve_settings` what the runs of a program share (`Settings`: seeds, schedule, evaluation, data). Both
+run in `plan.plan`, before anything is written; nothing below reads the ConfigDict. Config fields left as
+None take the value of the task's domain in experiments/configs/domains.py. The checks (`check_values`,
+`check_schedule`, `check_inputs`, `task_list`) raise one ConfigError naming the field and the fix.
 """
 
 import dataclasses
@@ -11,11 +15,12 @@ from typing import Optional, Sequence, Tuple
 
 from experiments import data
 from experiments.configs.domains import DOMAIN_SETTINGS, SUITES
+from experiments.infra.errors import UserError
 from trqam_jax.agent import METHODS, AgentConfig
 from trqam_jax.networks import COMPUTE_DTYPES
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot run; the message names the field and the fix."""
 
 
@@ -30,6 +35,69 @@ class TaskSpec:
     bc: AgentConfig  # the BC pretraining update
     offline: AgentConfig  # the offline fine-tuning update
     online: AgentConfig  # the online update (its own eps if online_kl_budget is set)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The steps of a run's phases and of its boundaries (the config fields of the same names)."""
+
+    bc_steps: int
+    offline_steps: int
+    online_steps: int  # env steps, after offline_steps
+    online_start_steps: int  # env steps collected before the online updates start
+    log_every: int  # updates per jitted scan and per log row
+    eval_every: int
+    save_every: int
+    keep_checkpoints: int
+
+    def total_steps(self, method: str) -> int:
+        """The step of a finished run's last checkpoint."""
+        return self.bc_steps if method == "bc" else self.offline_steps + self.online_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """How policies are evaluated and online envs stepped."""
+
+    episodes: int  # config.eval_episodes: per seed
+    envs_per_seed: Optional[int]  # config.eval_envs_per_seed; None: sized to fill the free cores
+    background: bool  # config.eval_async: beside training, in worker processes; False: blocking
+    online_envs_async: bool  # config.online_envs_async: online envs in worker processes
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Where the offline data comes from and how much of it the device holds."""
+
+    dataset_dir: str
+    generate_missing: bool  # config.generate_missing_data
+    generate_num_episodes: Optional[int]
+    generate_episode_length: Optional[int]
+    shards_in_memory: int
+    shard_rotate_every: int
+    memory_fraction: float  # config.dataset_memory_fraction
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What every run of a program shares, resolved once from the config: nothing below `experiments.runner.plan`
+    reads the ConfigDict (each run's own JSON copy is only saved and compared, `plan.Run.config`)."""
+
+    method: str
+    seed: int  # learner i of a run uses seed + i
+    num_seeds: int
+    output_dir: str  # expanded
+    bc_checkpoint: str  # "": pretrain BC
+    learners_per_program: int  # 0: as many as fit
+    matmul_precision: str
+    wandb: Tuple[str, str, str]  # (project, entity, group); project "": no wandb
+    schedule: Schedule
+    evaluation: Evaluation
+    data: DataSource
+
+    @property
+    def seeds(self) -> Tuple[int, ...]:
+        return tuple(range(self.seed, self.seed + self.num_seeds))
 
 
 def _pick(value, default):
@@ -93,6 +161,23 @@ def resolve(config, env_name: Optional[str] = None) -> TaskSpec:
     )
     check_schedule(config, spec.horizon)
     return spec
+
+
+def resolve_settings(config) -> Settings:
+    """The program-wide settings of a checked config (`resolve` checks it first)."""
+    return Settings(
+        method=config.method, seed=config.seed, num_seeds=config.num_seeds,
+        output_dir=os.path.expanduser(config.output_dir), bc_checkpoint=config.bc_checkpoint,
+        learners_per_program=config.learners_per_program, matmul_precision=config.matmul_precision,
+        wandb=(config.wandb.project, config.wandb.entity, config.wandb.group),
+        schedule=Schedule(**{f.name: config[f.name] for f in dataclasses.fields(Schedule)}),
+        evaluation=Evaluation(episodes=config.eval_episodes, envs_per_seed=config.eval_envs_per_seed,
+                              background=config.eval_async, online_envs_async=config.online_envs_async),
+        data=DataSource(dataset_dir=config.dataset_dir, generate_missing=config.generate_missing_data,
+                        generate_num_episodes=config.generate_num_episodes,
+                        generate_episode_length=config.generate_episode_length,
+                        shards_in_memory=config.shards_in_memory, shard_rotate_every=config.shard_rotate_every,
+                        memory_fraction=config.dataset_memory_fraction))
 
 
 # (field, test, what is allowed) for every value with a range; None (a domain default) is skipped.
@@ -242,6 +327,8 @@ def check_schedule(config, horizon: int) -> None:
 def task_list(config, shard: str = "") -> Tuple[str, ...]:
     """The env names this invocation runs: config.env_name, or a slice of a suite."""
     if config.suite:
+        if config.tasks:
+            raise ConfigError(f"--tasks={config.tasks} picks tasks of a domain; with --suite use --shard.")
         if config.suite not in SUITES:
             raise ConfigError(f"unknown suite {config.suite!r}: valid suites are {', '.join(SUITES)}.")
         tasks = SUITES[config.suite]

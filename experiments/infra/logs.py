@@ -8,32 +8,40 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from experiments import files
+from experiments.infra import files
 
 EVAL_FIELDS = ("step", "phase", "seed", "success", "episode_return")
 
 
 class CsvLog:
     """Appends rows to a CSV with a fixed header. On resume, rows past the checkpoint are dropped,
-    so a killed-and-resumed run logs exactly what an uninterrupted one would."""
+    so a killed-and-resumed run logs exactly what an uninterrupted one would. `last` holds each seed's
+    newest row (the kept ones included), for the run's summary."""
 
     def __init__(self, path: str, fields: Sequence[str], resume_step: int = -1):
         self.path, self.fields = path, list(fields)
         rows = []
         if resume_step >= 0 and os.path.exists(path):
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+                reader = csv.DictReader(f)
+                rows = [r for r in reader if int(r["step"]) <= resume_step]
                 # A resumed run keeps the header of the first run.
-                self.fields = list(rows[0].keys()) if rows else self.fields
+                self.fields = list(reader.fieldnames or self.fields)
         text = io.StringIO(newline="")
         writer = csv.DictWriter(text, self.fields)
         writer.writeheader()
         writer.writerows(rows)
         files.write_atomic(path, text.getvalue(), newline="")
+        self.last: Dict[int, Dict] = {}
+        self._remember(rows)
+
+    def _remember(self, rows: Sequence[Dict]) -> None:
+        self.last.update({int(row["seed"]): row for row in rows})
 
     def write(self, rows: Sequence[Dict]) -> None:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.fields, extrasaction="ignore").writerows(rows)
+        self._remember(rows)
 
 
 class WandbSink:
@@ -85,11 +93,23 @@ class RunLogger:
 
         self.run_dir, self.resume_step = run_dir, resume_step
         self.eval_resume_step = resume_step if eval_resume_step is None else eval_resume_step
-        self.train = None  # created at the first row, when the metric names are known
-        self.eval = None
+        # A new run's logs are created at their first row, when the metric names are known; a resumed
+        # run's at once, keeping its header and the rows up to its checkpoint.
+        self.train = self._resumed("train.csv", resume_step)
+        self.eval = self._resumed("eval.csv", self.eval_resume_step)
         # purge_step makes TensorBoard drop the events past the checkpoint, so resumed steps do not repeat.
         self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=max(resume_step, -1) + 1)
         self.wandb = WandbSink(run_dir, **wandb) if wandb else None
+
+    def _resumed(self, name: str, resume_step: int) -> Optional[CsvLog]:
+        path = os.path.join(self.run_dir, name)
+        has_header = resume_step >= 0 and os.path.exists(path) and os.path.getsize(path) > 0
+        return CsvLog(path, (), resume_step) if has_header else None
+
+    def last_rows(self, name: str) -> Dict[int, Dict]:
+        """Each seed's newest row of "train" or "eval" ({} before the first), as logged."""
+        log = getattr(self, name)
+        return {} if log is None else dict(log.last)
 
     def log_train(self, step: int, phase: str, seeds: Sequence[int], metrics: Dict[str, np.ndarray]) -> None:
         """metrics[name]: (S,) host arrays, already averaged over the logged interval."""

@@ -16,14 +16,16 @@ the learner slice [k * S, (k + 1) * S).
 
 import dataclasses
 import itertools
+import json
 import math
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from ml_collections import config_dict
 
 from experiments import data
-from experiments.spec import ConfigError, TaskSpec, check_inputs, resolve
+from experiments.runner.spec import ConfigError, Settings, TaskSpec, check_inputs, resolve, resolve_settings
 from trqam_jax import agent
 
 # sweep.<field> -> the methods it belongs to; each sets agent.<field>.
@@ -31,13 +33,34 @@ SWEEPS = {"kl_budget": ("trqam", "sqam"), "inv_temp": ("qam",), "gap_reg_coef": 
 ZERO_ALLOWED = ("gap_reg_coef",)  # 0 turns SQAM's value penalty off; every other swept value must be > 0
 
 
+def run_name(config, method: str) -> str:
+    """The run's directory name under its task: the method, plus the budget when it is set explicitly,
+    so that an eps (or QAM inverse-temperature, or SQAM value-penalty) sweep writes one run dir per value
+    and shares one BC."""
+    if method == "trqam" and config.agent.kl_budget is not None:
+        return f"trqam_eps{config.agent.kl_budget:g}"
+    if method == "sqam":  # sqam, sqam_eps0.5, sqam_gap0, sqam_eps0.5_gap0.3
+        name = method if config.agent.kl_budget is None else f"{method}_eps{config.agent.kl_budget:g}"
+        gap = config.agent.get("gap_reg_coef")
+        return name if gap is None else f"{name}_gap{gap:g}"
+    if method == "qam" and config.agent.inv_temp is not None:
+        return f"qam_beta{config.agent.inv_temp:g}"
+    return method
+
+
+def run_dir_of(config, env_name: str, method: str) -> str:
+    return os.path.join(os.path.expanduser(config.output_dir), env_name, run_name(config, method))
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One (task, budget) of a program: num_seeds learners and one run directory."""
+    """One (task, budget) of a program: num_seeds learners and one run directory, resolved from the config."""
 
-    config: config_dict.ConfigDict  # the run's own config: its task in env_name, a swept budget in agent.*
-    spec: TaskSpec  # the run's resolved settings
+    spec: TaskSpec  # the run's task and update settings (task.json)
+    settings: Settings  # what the program's runs share: schedule, evaluation, data, seeds
     run_dir: str
+    name: str  # the run dir's name under its task (`run_name`)
+    config: Dict  # the config a single-task command for this run would have, as JSON (config.json, resume check)
     task: int = 0  # row of the run's task in the program's (T, N) rewards and masks
 
 
@@ -111,15 +134,16 @@ def run_config(config, env_name: str, budgets: Sequence[Tuple[str, float]] = ())
     return run
 
 
-def plan(config, env_names: Sequence[str], run_dir_of) -> List[Run]:
+def plan(config, env_names: Sequence[str]) -> List[Run]:
     """The runs of a program, every config checked before anything is written."""
     axes = sweep_axes(config)
     runs = []
     for env_name in env_names:
         for values in itertools.product(*(values for _, values in axes)):
             cfg = run_config(config, env_name, [(field, value) for (field, _), value in zip(axes, values)])
-            spec = resolve(cfg, env_name)
-            runs.append(Run(cfg, spec, run_dir_of(cfg, env_name, spec.method)))
+            spec = resolve(cfg, env_name)  # checks every value first
+            runs.append(Run(spec, resolve_settings(cfg), run_dir_of(cfg, env_name, spec.method),
+                            run_name(cfg, spec.method), json.loads(cfg.to_json())))
     domains = {run.spec.domain for run in runs}
     if len(domains) > 1:
         raise ConfigError(f"A program trains one domain; got {', '.join(sorted(domains))}.")
@@ -130,15 +154,15 @@ def plan(config, env_names: Sequence[str], run_dir_of) -> List[Run]:
 
 def check_distinct_run_dirs(runs: Sequence[Run], fields: Sequence[str]) -> None:
     """Two runs writing one run directory would mix their checkpoints and logs: refuse, naming both. (The
-    directory name keeps a swept value to 6 significant digits, `pipeline.run_name`.)"""
+    directory name keeps a swept value to 6 significant digits, `run_name`.)"""
     seen: Dict[str, Run] = {}
     for run in runs:
         other = seen.setdefault(run.run_dir, run)
         if other is run:
             continue
-        differ = [f for f in fields if other.config.agent[f] != run.config.agent[f]]
+        differ = [f for f in fields if other.config['agent'][f] != run.config['agent'][f]]
         if differ:
-            values = " and ".join(f"{', '.join(f'{f}={r.config.agent[f]!r}' for f in differ)}" for r in (other, run))
+            values = " and ".join(", ".join(f"{f}={r.config['agent'][f]!r}" for f in differ) for r in (other, run))
             raise ConfigError(f"config.sweep.{'/'.join(differ)}: the runs with {values} would share the run directory {run.run_dir} "
                               f"(its name keeps 6 significant digits): use values that differ in their "
                               f"first 6 significant digits.")
@@ -146,7 +170,7 @@ def check_distinct_run_dirs(runs: Sequence[Run], fields: Sequence[str]) -> None:
                           f"each task and value once.")
 
 
-def programs(env_names: Sequence[str]) -> List[Tuple[str, ...]]:
+def by_domain(env_names: Sequence[str]) -> List[Tuple[str, ...]]:
     """The env ids grouped by domain, in order: one program each (a suite slice may span two domains)."""
     groups: Dict[str, List[str]] = {}
     for name in env_names:

@@ -27,7 +27,7 @@ shape checks.
 Not supported: QAM's non-default `residual=True` variant, whose acting velocity is the SUM of
 actor_slow and actor_fast (actor_fast alone is then not a policy), and Fourier time features.
 
-Pickles can run code when loaded. This loader reads them with experiments/safe_pickle.py, which
+Pickles can run code when loaded. This loader reads them with experiments/infra/safe_pickle.py, which
 resolves only the exact (module, name) pairs that numpy arrays, dtypes, scalars, jax arrays, flax
 FrozenDicts and plain containers pickle to; a pickle that needs anything else (a function, the
 reference code's classes) is refused with a one-line error and nothing from it runs. It needs no
@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import safe_pickle
+from experiments.infra import safe_pickle
+from experiments.infra.errors import UserError
 
 __all__ = [
     "ReferenceCheckpointError",
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 
-class ReferenceCheckpointError(ValueError):
+class ReferenceCheckpointError(UserError, ValueError):
     """A reference checkpoint that cannot be imported; the message is one line."""
 
 
