@@ -334,8 +334,8 @@ def test_reference_bc_checkpoint_is_used_as_the_bc_stage(dataset_dir, whole, tmp
 
     config = tiny_config(dataset_dir, whole, **LIFE)
     task = spec.resolve(config)
-    bc = dataclasses.replace(task.bc, num_critics=1)
-    like = agent.init_learners(np.arange(2), bc, agent.make_networks(bc, 25), 28, 25)
+    bc_config = dataclasses.replace(task.bc, num_critics=1)
+    like = agent.init_learners(np.arange(2), bc_config, agent.make_networks(bc_config, 25), 28, 25)
     bc_dir = os.path.join(str(whole), bc.BC_DIR, "cube-single-play", "checkpoints")
     with checkpointing.Checkpointer(bc_dir) as ckpt:
         actors = ckpt.restore(like, items=("state",)).state.actor_bc
@@ -716,16 +716,15 @@ def test_a_second_signal_during_a_save_lets_the_save_finish(dataset_dir, whole, 
     same_logs(run_path(whole), run_path(tmp_path))
 
 
-OLD_RUN = os.path.join(ROOT, "tests", "fixtures", "run_before_issue16")
-
-
-def test_a_run_dir_written_by_the_previous_version_resumes(dataset_dir, tmp_path, capsys):
-    """tests/fixtures/run_before_issue16 was written by the version before this one (commit 3b831fd):
-    the tiny config, 100 offline steps, checkpoints at 50 and 100, on the same generated dataset. Its
-    checkpoints lack a per-learner hyperparameter added since and its config.json lacks newer fields.
-    Extended to 150 steps, it resumes from step 100: nothing is moved aside or retrained."""
+@pytest.mark.parametrize("fixture", ["run_before_issue16", "run_before_issue17"])
+def test_a_run_dir_written_by_a_previous_version_resumes(dataset_dir, tmp_path, capsys, fixture):
+    """tests/fixtures/<fixture> holds a run dir written by an earlier version: run_before_issue16 by commit
+    3b831fd (its checkpoints lack a per-learner hyperparameter added since, its config.json newer fields),
+    run_before_issue17 by d06607f (before experiments/ was laid out by role, pipeline.py and all). Both: the
+    tiny config, 100 offline steps, checkpoints at 50 and 100, on the same generated dataset. Extended to
+    150 steps, each resumes from step 100: nothing is moved aside or retrained."""
     out = tmp_path / "old"
-    shutil.copytree(OLD_RUN, out)
+    shutil.copytree(os.path.join(ROOT, "tests", "fixtures", fixture), out)
     run = run_path(out)
     before = read_csv(os.path.join(run, "train.csv"))
     config = tiny_config(dataset_dir, out, offline_steps=150, save_every=50, eval_every=50, online_start_steps=5000)
