@@ -45,7 +45,8 @@ DOMAINS: Dict[str, DomainLayout] = {
     name: DomainLayout(name, name.endswith('-navigate'), *_SHARDED.get(name, (1, (), 0))) for name in DOMAIN_SETTINGS
 }
 
-_ENV_RE = re.compile(r'^(?P<domain>[a-z0-9]+(?:-[a-z0-9]+)*?)-singletask(?:-task(?P<task>\d+))?-(?P<version>v\d+)$')
+# The format of an OGBench single-task id; the task is optional (ogbench's default-task alias).
+ENV_ID_RE = re.compile(r'^(?P<domain>[a-z0-9]+(?:-[a-z0-9]+)*?)-singletask(?:-task(?P<task>\d+))?-(?P<version>v\d+)$')
 
 
 class EnvInfo(NamedTuple):
@@ -65,7 +66,7 @@ def valid_domains_message() -> str:
 def parse_env_name(env_name: str) -> EnvInfo:
     """`cube-double-play-singletask-task2-v0` -> domain `cube-double-play`, dataset
     `cube-double-play-v0`, ogbench env `cube-double-singletask-task2-v0`. Raises UnknownEnvError."""
-    m = _ENV_RE.match(env_name or '')
+    m = ENV_ID_RE.match(env_name or '')
     if m is None:
         raise UnknownEnvError(
             f'unknown env {env_name!r}: expected <domain>-singletask-task<1-5>-v0; {valid_domains_message()}'

@@ -22,20 +22,18 @@ import dataclasses
 import json
 import math
 import os
-import re
 from typing import Optional, Sequence
 
 import numpy as np
 
 from experiments.configs.domains import EXTRA_DOMAINS, TASKS
 from experiments.configs.domains import SUITE_DOMAINS as DOMAINS  # conventions §10's order
+from experiments.data.names import ENV_ID_RE
 from experiments.infra.errors import UserError
 
 PHASES = ("offline", "online")
 TASKS_PER_DOMAIN = len(TASKS)
 METHOD_ORDER = ("trqam", "sqam", "qam", "bc")
-ENV_NAME_RE = re.compile(
-    r"^(?P<domain>[A-Za-z0-9][A-Za-z0-9-]*?)-singletask-task(?P<task>\d+)-v\d+$")
 EVAL_COLUMNS = ("step", "phase", "seed", "success")
 TRAIN_COLUMNS = ("step", "phase", "seed")
 
@@ -81,12 +79,12 @@ class RunLogs:
         return f"{phase} {reached}/{expected}"
 
 
-# Not experiments.data.parse_env_name: that one rejects domains outside its table, which the report
-# keeps (sorted last, marked as outside the paper's 10), and words its errors for the training command.
+# The id format is the data package's; not data.parse_env_name itself: that one rejects domains outside
+# its table, which the report keeps (sorted last, marked as outside the paper's 10).
 def parse_env_name(env_name: str) -> tuple[str, int]:
     """'cube-double-play-singletask-task2-v0' -> ('cube-double-play', 2)."""
-    match = ENV_NAME_RE.match(env_name)
-    if not match:
+    match = ENV_ID_RE.match(env_name)
+    if not match or match.group("task") is None:
         raise ValueError(f"{env_name!r} is not an OGBench single-task id "
                          "'<domain>-singletask-task<N>-v<k>'")
     return match.group("domain"), int(match.group("task"))
@@ -276,7 +274,7 @@ def find_runs_dir(runs_dir: str) -> str:
     if os.path.isfile(os.path.join(path, "eval.csv")):  # a run directory: two levels too low
         raise ReportError(f"{runs_dir} is a run directory; pass the directory that holds the runs: "
                           f"--runs_dir={os.path.dirname(os.path.dirname(path))}")
-    if ENV_NAME_RE.match(os.path.basename(path)) and _run_paths(os.path.dirname(path)):
+    if ENV_ID_RE.match(os.path.basename(path)) and _run_paths(os.path.dirname(path)):
         raise ReportError(f"{runs_dir} is a task directory; pass the directory that holds the runs: "
                           f"--runs_dir={os.path.dirname(path)}")
     raise ReportError(f"{runs_dir}: no run directories (expected "

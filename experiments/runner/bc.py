@@ -15,7 +15,7 @@ from experiments.infra.checkpointing import Checkpointer, config_differences
 from experiments.infra.logs import RunLogger
 from experiments.infra.preemption import NEVER, Preemption
 from experiments.runner.boundaries import RunOutput
-from experiments.runner.context import Context, _put, learner_shardings
+from experiments.runner.context import Context, learner_shardings, place
 from experiments.runner.phases import scanned_phase
 from experiments.runner.run_directory import ConfigMismatchError
 from trqam_jax import agent
@@ -77,13 +77,13 @@ def import_bc(ctx: Context):
     paths = [os.path.expanduser(ctx.settings.bc_checkpoint.format(seed=seed)) for seed in ctx.learner_seeds]
     params = [reference_checkpoint.import_actor(path, like, which="actor_bc") for path in paths]
     print(f"BC pretraining: imported from {paths[0] if len(set(paths)) == 1 else ', '.join(paths)}.")
-    return _put(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *params), ctx.per_learner)
+    return place(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *params), ctx.per_learner)
 
 
 def bc_context(ctx: Context, seeds) -> Context:
     """BC is the same for every task and budget of a domain (it reads no reward): one learner per seed."""
     per_learner, replicated = learner_shardings(len(seeds))
-    tasks = _put(jnp.zeros(len(seeds), jnp.int32), per_learner)
+    tasks = place(jnp.zeros(len(seeds), jnp.int32), per_learner)
     return dataclasses.replace(ctx, learner_seeds=list(seeds), tasks=tasks, per_learner=per_learner,
                                replicated=replicated)
 
@@ -109,13 +109,13 @@ def pretrain_bc(ctx: Context):
 
     with file_lock(os.path.join(bc_dir, "lock"), ctx.preempt), \
             Checkpointer(os.path.join(bc_dir, "checkpoints"), keep=schedule.keep_checkpoints) as checkpointer:
-        states = _put(agent.init_learners(ctx.learner_seeds, ctx.spec.bc, nets, ctx.obs_dim, ctx.chunk_dim),
+        states = place(agent.init_learners(ctx.learner_seeds, ctx.spec.bc, nets, ctx.obs_dim, ctx.chunk_dim),
                       ctx.per_learner)
         with ctx.preempt.critical():
             restored = checkpointer.restore(states, items=("state",), check_meta=check)
         start = 0
         if restored is not None:
-            start, states = restored.step, _put(restored.state, ctx.per_learner)
+            start, states = restored.step, place(restored.state, ctx.per_learner)
             if start >= schedule.bc_steps:
                 print(f"BC pretraining: reusing {bc_dir} (step {start}).")
                 return states.actor_bc

@@ -38,7 +38,8 @@ def chunk_policy(cfg: agent.AgentConfig, nets: agent.Networks, horizon: int, act
     return _chunk_policy(agent.static_config(cfg), nets, horizon, action_dim)
 
 
-def _put(tree, sharding):
+def place(tree, sharding):
+    """The tree on the devices of `sharding` (as it is with one device, where the sharding is None)."""
     return tree if sharding is None else jax.device_put(tree, sharding)
 
 
@@ -67,7 +68,7 @@ class Context:
         return self.spec.horizon * self.action_dim
 
     def offline_data(self, step: int) -> chunks.TaskData:
-        return chunks.TaskData(_put(self.window.data_at(step), self.replicated), self.tasks)
+        return chunks.TaskData(place(self.window.data_at(step), self.replicated), self.tasks)
 
 
 def train_scan(cfg: agent.AgentConfig, nets: agent.Networks, horizon: int, num_steps: int, online: bool):

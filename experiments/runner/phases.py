@@ -11,7 +11,7 @@ import numpy as np
 
 from experiments.runner import plan
 from experiments.runner.boundaries import Boundaries, take
-from experiments.runner.context import Context, _put, chunk_policy, compile_train, train_scan
+from experiments.runner.context import Context, chunk_policy, compile_train, place, train_scan
 from trqam_jax import agent, chunks
 
 
@@ -44,12 +44,12 @@ def train_stages(ctx: Context, team: plan.Learners, outputs, states, online, ste
             for o in outputs:
                 o.evals.submit(0, "offline", take(states.actor, o.learners, len(team)))
     if step < schedule.offline_steps:
-        states = states.replace(hparams=_put(team.hparams("offline"), ctx.per_learner))
+        states = states.replace(hparams=place(team.hparams("offline"), ctx.per_learner))
         with timed("offline"):
             states = scanned_phase(ctx, spec.offline, states, step, schedule.offline_steps, "offline", outputs)
         step = schedule.offline_steps
     if schedule.online_steps > 0 and step < schedule.offline_steps + schedule.online_steps:
-        states = states.replace(hparams=_put(team.hparams("online"), ctx.per_learner))
+        states = states.replace(hparams=place(team.hparams("online"), ctx.per_learner))
         with timed("online"):
             online_phase(ctx, states, online, step - schedule.offline_steps, outputs)
 

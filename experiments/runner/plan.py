@@ -163,9 +163,9 @@ def check_distinct_run_dirs(runs: Sequence[Run], fields: Sequence[str]) -> None:
         differ = [f for f in fields if other.config['agent'][f] != run.config['agent'][f]]
         if differ:
             values = " and ".join(", ".join(f"{f}={r.config['agent'][f]!r}" for f in differ) for r in (other, run))
-            raise ConfigError(f"config.sweep.{'/'.join(differ)}: the runs with {values} would share the run directory {run.run_dir} "
-                              f"(its name keeps 6 significant digits): use values that differ in their "
-                              f"first 6 significant digits.")
+            raise ConfigError(f"config.sweep.{'/'.join(differ)}: the runs with {values} would share the run "
+                              f"directory {run.run_dir} (its name keeps 6 significant digits): use values that "
+                              f"differ in their first 6 significant digits.")
         raise ConfigError(f"Two runs of {run.spec.env_name} would share the run directory {run.run_dir}: list "
                           f"each task and value once.")
 

@@ -33,7 +33,7 @@ from experiments.infra.preemption import NEVER, Preemption
 from experiments.runner import plan
 from experiments.runner.bc import bc_context, pretrain_bc
 from experiments.runner.boundaries import Evaluations, RunOutput
-from experiments.runner.context import Context, _put, learner_shardings, train_scan, xla_temp_bytes
+from experiments.runner.context import Context, learner_shardings, place, train_scan, xla_temp_bytes
 from experiments.runner.phases import train_stages
 from experiments.runner.run_directory import (Resumable, _grow_online, inspect_run, run_dir_locks, system_info,
                                         write_summary)
@@ -95,7 +95,7 @@ def train_program(ctx_like: Context, group: List[Resumable], seeds: list, preemp
     num = len(team)
     per_learner, replicated = learner_shardings(num)
     ctx = dataclasses.replace(ctx_like, learner_seeds=team.learner_seeds,
-                              tasks=_put(jnp.asarray(team.tasks), per_learner),
+                              tasks=place(jnp.asarray(team.tasks), per_learner),
                               per_learner=per_learner, replicated=replicated, preempt=preempt)
     if len(group) > 1:
         print(f"Program of {team.describe()}: {', '.join(r.run.run_dir for r in group)}.")
@@ -131,12 +131,12 @@ def train_program(ctx_like: Context, group: List[Resumable], seeds: list, preemp
             output.evals = Evaluations(ctx, run.spec.env_name, list(seeds), logger, workers)
         preempt.check()  # the env workers have started: a signal during their start stops here
         capacity = max(schedule.online_steps, 1)
-        online = _put(chunks.init_online(capacity, obs_dim, action_dim, num_seeds=num), per_learner)
+        online = place(chunks.init_online(capacity, obs_dim, action_dim, num_seeds=num), per_learner)
         if continuing:
             stack = lambda *trees: jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trees)
-            states = _put(stack(*(r.state for r in restored)), per_learner)
+            states = place(stack(*(r.state for r in restored)), per_learner)
             if restored[0].replay is not None:
-                online = _put(_grow_online(stack(*(r.replay for r in restored)), capacity),
+                online = place(_grow_online(stack(*(r.replay for r in restored)), capacity),
                               per_learner)
             print(f"Resuming {', '.join(o.run_dir for o in outputs)} from step {step}.")
         else:
@@ -144,7 +144,7 @@ def train_program(ctx_like: Context, group: List[Resumable], seeds: list, preemp
             bc_actor = pretrain_bc(bc_context(ctx, seeds))  # one per seed, shared by every run
             wall["bc"] = time.time() - started
             bc_actor = jax.tree_util.tree_map(lambda x: jnp.concatenate([x] * len(group)), bc_actor)
-            states = _put(agent.init_learners(ctx.learner_seeds, spec.offline, ctx.nets, obs_dim, ctx.chunk_dim,
+            states = place(agent.init_learners(ctx.learner_seeds, spec.offline, ctx.nets, obs_dim, ctx.chunk_dim,
                                               pretrained_actor=bc_actor, hparams=team.hparams("offline")), per_learner)
         train_stages(ctx, team, outputs, states, online, step, saved_meta, eval_pending, wall)
     finally:
@@ -190,9 +190,10 @@ def open_dataset(settings: Settings, spec: TaskSpec, env_names, envs, preempt: P
     window = data.ShardWindow(list(env_names), settings.data.dataset_dir, spec.sparse, env=list(envs),
                               budget_bytes=budget, shards_per_window=settings.data.shards_in_memory or None,
                               rotate_every=settings.data.shard_rotate_every)
+    held = ("held whole on the device" if window.fits else f"{window.num_windows} windows of "
+            f"{window.nbytes() / 2**30:.2f} GiB, rotated every {window.rotate_every} steps")
     print(f"Dataset {window.info.dataset} ({len(env_names)} task{'s' * (len(env_names) > 1)}): "
-          f"{window.total_nbytes() / 2**30:.2f} GiB in all; "
-          f"{'held whole on the device' if window.fits else f'{window.num_windows} windows of {window.nbytes() / 2**30:.2f} GiB, rotated every {window.rotate_every} steps'}.")
+          f"{window.total_nbytes() / 2**30:.2f} GiB in all; {held}.")
     return window
 
 

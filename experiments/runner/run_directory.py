@@ -74,8 +74,8 @@ def run_dir_locks(run_dirs):
                 created.extend(reversed(missing))
                 handle = open(os.path.join(run_dir, LOCK_FILE), "a")
             except OSError as e:
-                raise RunDirUnwritableError(f"Cannot write the run directory {run_dir} ({e.strerror}); choose a writable "
-                                      f"--output_dir.") from None
+                raise RunDirUnwritableError(f"Cannot write the run directory {run_dir} ({e.strerror}); choose a "
+                                            f"writable --output_dir.") from None
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
