@@ -81,23 +81,23 @@ def import_bc(ctx: Context):
 
 
 def bc_context(ctx: Context, seeds) -> Context:
-    """BC is the same for every task and budget of a domain (it reads no reward): one learner per seed."""
+    """BC's Context: BC is the same for every task and budget of a domain (it reads no reward), so one
+    learner per seed, with BC's networks (`bc_networks`)."""
     per_learner, replicated = learner_shardings(len(seeds))
     tasks = place(jnp.zeros(len(seeds), jnp.int32), per_learner)
-    return dataclasses.replace(ctx, learner_seeds=list(seeds), tasks=tasks, per_learner=per_learner,
-                               replicated=replicated)
+    return dataclasses.replace(ctx, nets=bc_networks(ctx), learner_seeds=list(seeds), tasks=tasks,
+                               per_learner=per_learner, replicated=replicated)
 
 
 def pretrain_bc(ctx: Context):
     """Seed-stacked BC actor params: loaded from <output_dir>/_pretrained_bc/<domain>, or trained there.
 
-    `ctx` has one learner per seed (`bc_context`)."""
+    `ctx` is BC's (`bc_context`)."""
     if ctx.settings.bc_checkpoint:
         return import_bc(ctx)
     schedule = ctx.settings.schedule
     bc_dir = os.path.join(ctx.settings.output_dir, BC_DIR, ctx.spec.domain)
     identity = bc_identity(ctx)
-    nets = bc_networks(ctx)
 
     def check(meta):
         diffs = config_differences(meta["bc"], identity)
@@ -109,8 +109,8 @@ def pretrain_bc(ctx: Context):
 
     with file_lock(os.path.join(bc_dir, "lock"), ctx.preempt), \
             Checkpointer(os.path.join(bc_dir, "checkpoints"), keep=schedule.keep_checkpoints) as checkpointer:
-        states = place(agent.init_learners(ctx.learner_seeds, ctx.spec.bc, nets, ctx.obs_dim, ctx.chunk_dim),
-                      ctx.per_learner)
+        states = place(agent.init_learners(ctx.learner_seeds, ctx.spec.bc, ctx.nets, ctx.obs_dim, ctx.chunk_dim),
+                       ctx.per_learner)
         with ctx.preempt.critical():
             restored = checkpointer.restore(states, items=("state",), check_meta=check)
         start = 0
@@ -122,11 +122,9 @@ def pretrain_bc(ctx: Context):
             print(f"BC pretraining: resuming {bc_dir} from step {start}.")
         logger = RunLogger(bc_dir, resume_step=start if start else -1)
         try:
-            bc_ctx = dataclasses.replace(ctx, nets=nets)
             output = RunOutput(bc_dir, ctx.spec.domain, slice(0, len(ctx.learner_seeds)), ctx.learner_seeds, logger,
-                               checkpointer,
-                            {"bc": identity})
-            states = scanned_phase(bc_ctx, ctx.spec.bc, states, start, schedule.bc_steps, "bc", [output])
+                               checkpointer, {"bc": identity})
+            states = scanned_phase(ctx, ctx.spec.bc, states, start, schedule.bc_steps, "bc", [output])
             if schedule.bc_steps == 0:
                 checkpointer.save(0, states, {"bc": identity, "phase": "bc", "step": 0})
         finally:
