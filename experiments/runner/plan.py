@@ -48,10 +48,6 @@ def run_name(config, method: str) -> str:
     return method
 
 
-def run_dir_of(config, env_name: str, method: str) -> str:
-    return os.path.join(os.path.expanduser(config.output_dir), env_name, run_name(config, method))
-
-
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One (task, budget) of a program: num_seeds learners and one run directory, resolved from the config."""
@@ -137,13 +133,15 @@ def run_config(config, env_name: str, budgets: Sequence[Tuple[str, float]] = ())
 def plan(config, env_names: Sequence[str]) -> List[Run]:
     """The runs of a program, every config checked before anything is written."""
     axes = sweep_axes(config)
+    settings = resolve_settings(config)  # the runs differ in their task and budgets only, none of these
     runs = []
     for env_name in env_names:
         for values in itertools.product(*(values for _, values in axes)):
             cfg = run_config(config, env_name, [(field, value) for (field, _), value in zip(axes, values)])
-            spec = resolve(cfg, env_name)  # checks every value first
-            runs.append(Run(spec, resolve_settings(cfg), run_dir_of(cfg, env_name, spec.method),
-                            run_name(cfg, spec.method), json.loads(cfg.to_json())))
+            spec = resolve(cfg, env_name)  # checks every value before anything is written
+            name = run_name(cfg, spec.method)
+            runs.append(Run(spec, settings, os.path.join(settings.output_dir, env_name, name), name,
+                            json.loads(cfg.to_json())))
     domains = {run.spec.domain for run in runs}
     if len(domains) > 1:
         raise ConfigError(f"A program trains one domain; got {', '.join(sorted(domains))}.")

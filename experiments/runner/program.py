@@ -118,10 +118,10 @@ def train_program(ctx_like: Context, group: List[Resumable], seeds: list, preemp
             meta = {"env_name": run.spec.env_name, "method": run.spec.method, "obs_dim": obs_dim,
                     "action_dim": action_dim, "config": run.config, "system": system,
                     "wall_s": wall}  # the same dict: saved checkpoints carry the time spent so far
-            # An evaluation that a signal cut short is run again, so its rows (if any) are dropped too.
             project, entity, wandb_group = settings.wandb
             wandb = None if not project else dict(project=project, entity=entity, group=wandb_group,
                                                   name=f"{run.spec.env_name}/{run.name}", config=run.config)
+            # An evaluation that a signal cut short is run again, so its rows (if any) are dropped too.
             logger = RunLogger(run.run_dir, resume_step=step if continuing else -1,
                                eval_resume_step=(step - eval_pending) if continuing else -1, wandb=wandb)
             output = RunOutput(run.run_dir, run.spec.env_name, team.of_run(k), list(seeds), logger,
@@ -136,8 +136,7 @@ def train_program(ctx_like: Context, group: List[Resumable], seeds: list, preemp
             stack = lambda *trees: jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trees)
             states = place(stack(*(r.state for r in restored)), per_learner)
             if restored[0].replay is not None:
-                online = place(_grow_online(stack(*(r.replay for r in restored)), capacity),
-                              per_learner)
+                online = place(_grow_online(stack(*(r.replay for r in restored)), capacity), per_learner)
             print(f"Resuming {', '.join(o.run_dir for o in outputs)} from step {step}.")
         else:
             started = time.time()
@@ -145,7 +144,7 @@ def train_program(ctx_like: Context, group: List[Resumable], seeds: list, preemp
             wall["bc"] = time.time() - started
             bc_actor = jax.tree_util.tree_map(lambda x: jnp.concatenate([x] * len(group)), bc_actor)
             states = place(agent.init_learners(ctx.learner_seeds, spec.offline, ctx.nets, obs_dim, ctx.chunk_dim,
-                                              pretrained_actor=bc_actor, hparams=team.hparams("offline")), per_learner)
+                                               pretrained_actor=bc_actor, hparams=team.hparams("offline")), per_learner)
         train_stages(ctx, team, outputs, states, online, step, saved_meta, eval_pending, wall)
     finally:
         for o in outputs:  # a signal may have come while they were being built
